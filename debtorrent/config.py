@@ -1,0 +1,315 @@
+"""The option table: the single source for the CLI, the config file and the man pages.
+
+Each :class:`Option` has a name, a type, a default and a help line. The docopt usage
+text is generated from :data:`OPTIONS` (see :mod:`debtorrent.cli`), the INI config file
+accepts exactly these names as keys in its ``[debtorrent]`` section, and the man pages
+are checked against the table by the test suite. Precedence is
+defaults < config file < command line.
+"""
+
+from __future__ import annotations
+
+import configparser
+import fnmatch
+import ipaddress
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from debtorrent.errors import ConfigError
+
+__all__ = ["OPTIONS", "Config", "Option", "load_config", "option"]
+
+SECTION = "debtorrent"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+# --- value parsers: each takes the raw string and returns the typed value -------------
+
+
+def _int(text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise ValueError(f"{text!r} must not be negative")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _int(text)
+    if not 0 < value < 65536:
+        raise ValueError(f"{text!r} is not a port number (1-65535)")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{text!r} must be a finite number >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if value == 0:
+        raise ValueError(f"{text!r} must be greater than 0")
+    return value
+
+
+def _address(text: str) -> str:
+    text = text.strip()
+    if text in ("", "*"):
+        return ""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        if text == "localhost":
+            return "127.0.0.1"
+        raise ValueError(f"{text!r} is not an IP address") from None
+
+
+def _path(text: str) -> str:
+    text = text.strip()
+    return os.path.expanduser(text) if text else ""
+
+
+def _split(text: str) -> list[str]:
+    return [part for part in text.replace(",", " ").split() if part]
+
+
+def _networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    nets = []
+    for part in _split(text):
+        try:
+            nets.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an address or CIDR network") from None
+    return nets
+
+
+def _host_patterns(text: str) -> list[str]:
+    patterns = [part.lower() for part in _split(text)]
+    for pattern in patterns:
+        if not all(c.isalnum() or c in "-.*?[]:_" for c in pattern):
+            raise ValueError(f"{pattern!r} is not a host pattern")
+    return patterns
+
+
+def _log_level(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_LEVELS:
+        raise ValueError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return value
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "debtorrent")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: ``--name`` on the command line, ``name =`` in the config file.
+
+    ``kind`` is the word the usage text and man pages show for the value; ``default``
+    is the raw string (parsed like any other value, so it is validated too);
+    ``metavar`` names the value in the usage line. A ``repeatable`` option is given
+    once per value on the command line and as a space/comma separated list in the file;
+    its value is a list of parsed items.
+    """
+
+    name: str
+    kind: str
+    default: str
+    help: str
+    parse: Callable[[str], Any]
+    metavar: str = "VALUE"
+    short: str | None = None
+    cli_only: bool = False
+    repeatable: bool = False
+
+    @property
+    def attr(self) -> str:
+        """The attribute name on :class:`Config` (dashes become underscores)."""
+        return self.name.replace("-", "_")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "config",
+        "path",
+        "",
+        "Read options from this INI file (section [debtorrent]) before the command line.",
+        _path,
+        metavar="FILE",
+        short="c",
+        cli_only=True,
+    ),
+    Option("port", "port", "9988", "TCP port apt connects to.", _port, metavar="PORT"),
+    Option(
+        "bind",
+        "address",
+        "127.0.0.1",
+        "Address the apt side listens on; * or empty for all interfaces.",
+        _address,
+        metavar="ADDR",
+    ),
+    Option(
+        "cache-dir",
+        "path",
+        "~/.cache/debtorrent",
+        "Directory holding the cache, laid out like the mirrors it copies.",
+        _path,
+        metavar="DIR",
+    ),
+    Option(
+        "allowed-clients",
+        "networks",
+        "127.0.0.0/8 ::1",
+        "Addresses or CIDR networks allowed to use the proxy (comma or space separated).",
+        _networks,
+        metavar="NETS",
+    ),
+    Option(
+        "allowed-mirrors",
+        "patterns",
+        "*",
+        "Mirror host names (shell patterns, optionally with :port) the proxy may fetch from.",
+        _host_patterns,
+        metavar="HOSTS",
+    ),
+    Option(
+        "log-level",
+        "level",
+        "info",
+        f"Least severe messages logged: {', '.join(LOG_LEVELS)}.",
+        _log_level,
+        metavar="LEVEL",
+    ),
+    Option(
+        "log-file",
+        "path",
+        "",
+        "Append the log to this file (reopened on SIGHUP); empty logs to standard error.",
+        _path,
+        metavar="FILE",
+    ),
+    Option(
+        "http-timeout",
+        "seconds",
+        "30",
+        "Seconds to wait for the mirror to connect or send data before giving up (504).",
+        _positive_float,
+        metavar="SECS",
+    ),
+)
+
+_BY_NAME: dict[str, Option] = {opt.name: opt for opt in OPTIONS}
+
+
+def option(name: str) -> Option:
+    """The table entry for ``name``."""
+    return _BY_NAME[name]
+
+
+@dataclass
+class Config:
+    """The effective configuration: one typed attribute per option."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, attr: str) -> Any:
+        try:
+            return self.values[attr]
+        except KeyError:
+            raise AttributeError(attr) from None
+
+    def mirror_allowed(self, host: str) -> bool:
+        """Whether ``host`` (``name`` or ``name:port``, lower case) may be fetched from."""
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        return any(
+            fnmatch.fnmatchcase(host, pat) or fnmatch.fnmatchcase(name, pat)
+            for pat in self.values["allowed_mirrors"]
+        )
+
+    def client_allowed(self, address: str) -> bool:
+        """Whether a client at ``address`` may use the proxy."""
+        try:
+            addr = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.values["allowed_clients"])
+
+
+def _parse(opt: Option, raw: str | list[str], where: str) -> Any:
+    try:
+        if opt.repeatable:
+            items = raw if isinstance(raw, list) else _split(raw)
+            return [opt.parse(item) for item in items]
+        return opt.parse(str(raw))
+    except ValueError as exc:
+        raise ConfigError(where, str(exc)) from None
+
+
+def read_config_file(path: str) -> dict[str, str]:
+    """The raw ``key = value`` pairs of a config file, every key checked against the table."""
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except OSError as exc:
+        raise ConfigError(path, exc.strerror or str(exc)) from None
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(path, f"not a valid config file: {first}") from None
+    unknown = [s for s in parser.sections() if s != SECTION]
+    if unknown:
+        raise ConfigError(path, f"unknown section [{unknown[0]}] (only [{SECTION}])")
+    raw: dict[str, str] = {}
+    if parser.has_section(SECTION):
+        for key, value in parser.items(SECTION):
+            name = key.replace("_", "-")
+            opt = _BY_NAME.get(name)
+            if opt is None or opt.cli_only:
+                raise ConfigError(f"{path}: {key}", "unknown key")
+            raw[name] = value
+    return raw
+
+
+def load_config(
+    cli: Mapping[str, str | list[str] | None] | None = None, *, path: str | None = None
+) -> Config:
+    """Merge defaults, the config file and command-line values into a :class:`Config`.
+
+    ``cli`` maps option names to the raw strings given on the command line (absent or
+    ``None`` when not given). ``path`` (or ``cli["config"]``) names the config file.
+    """
+    cli = dict(cli or {})
+    path = path or str(cli.get("config") or "")
+    file_values = read_config_file(_path(path)) if path else {}
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        given = cli.get(opt.name)
+        if given is not None and given != []:
+            values[opt.attr] = _parse(opt, given, f"--{opt.name}")
+        elif opt.name in file_values:
+            values[opt.attr] = _parse(opt, file_values[opt.name], f"{path}: {opt.name}")
+        else:
+            values[opt.attr] = _parse(opt, opt.default, f"default {opt.name}")
+    if not values["cache_dir"] or values["cache_dir"] == _path("~/.cache/debtorrent"):
+        values["cache_dir"] = _default_cache_dir()
+    return Config(values)
+
+
+def describe(options: Iterable[Option] = OPTIONS) -> list[tuple[str, str, str, str]]:
+    """(name, kind, default, help) rows, for documentation generators and tests."""
+    return [(o.name, o.kind, o.default, o.help) for o in options]

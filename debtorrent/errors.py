@@ -1,0 +1,151 @@
+"""The one exception hierarchy of debtorrent.
+
+Every expected failure (bad input from apt, a peer, a tracker, the mirror, a config
+file or an index) is raised as a subclass of :class:`DebtorrentError`, so callers can
+catch precisely and the edges (WSGI app, peer loop, CLI) can turn it into an HTTP
+status, a closed connection or a one-line message instead of a traceback. Several also
+inherit a builtin (``ValueError``, ``OSError``) so generic ``except`` clauses keep
+working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadIndexError",
+    "BadRequestError",
+    "BencodeError",
+    "CacheError",
+    "ConfigError",
+    "DebtorrentError",
+    "DiskFullError",
+    "ForbiddenError",
+    "MetainfoError",
+    "MirrorError",
+    "MirrorNotFoundError",
+    "MirrorTimeoutError",
+    "NotFoundError",
+    "PeerError",
+    "ProtocolError",
+    "TrackerError",
+    "VerificationError",
+]
+
+
+class DebtorrentError(Exception):
+    """Base of every error debtorrent raises on purpose."""
+
+
+class ConfigError(DebtorrentError, ValueError):
+    """A bad option on the command line or key in the config file.
+
+    ``name`` is the option or key, so the message can name it.
+    """
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+# --- the apt side ---------------------------------------------------------------
+
+
+class BadRequestError(DebtorrentError, ValueError):
+    """A request apt (or anyone) sent that cannot be served: answered 400."""
+
+    status = 400
+
+
+class ForbiddenError(DebtorrentError):
+    """A client or mirror the configuration does not allow: answered 403."""
+
+    status = 403
+
+
+class NotFoundError(DebtorrentError):
+    """A path that has no answer (pdiffs, unknown files): answered 404."""
+
+    status = 404
+
+
+# --- the mirror -----------------------------------------------------------------
+
+
+class MirrorError(DebtorrentError):
+    """The mirror failed: refused, 5xx, truncated. apt sees a 502.
+
+    Carries ``url`` and ``reason`` so the log says which mirror and path failed.
+    """
+
+    status = 502
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class MirrorNotFoundError(MirrorError):
+    """The mirror answered 404: apt sees a 404 too."""
+
+    status = 404
+
+
+class MirrorTimeoutError(MirrorError):
+    """The mirror did not answer in time: apt sees a 504."""
+
+    status = 504
+
+
+# --- archive data -----------------------------------------------------------------
+
+
+class BadIndexError(DebtorrentError, ValueError):
+    """A Release, InRelease or Packages file that cannot be parsed or used."""
+
+
+class VerificationError(DebtorrentError):
+    """Data whose size or hash does not match what the signed index chain says."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"{what}: {reason}")
+        self.what = what
+        self.reason = reason
+
+
+# --- the cache ----------------------------------------------------------------------
+
+
+class CacheError(DebtorrentError, OSError):
+    """The cache directory could not be written or read."""
+
+    status = 503
+
+
+class DiskFullError(CacheError):
+    """The cache filesystem is full: apt sees a 507 until space is freed."""
+
+    status = 507
+
+
+# --- BitTorrent -----------------------------------------------------------------------
+
+
+class BencodeError(DebtorrentError, ValueError):
+    """Bytes that are not valid (canonical) bencoding."""
+
+
+class MetainfoError(DebtorrentError, ValueError):
+    """A .torrent or derived info dictionary that is malformed."""
+
+
+class ProtocolError(DebtorrentError):
+    """A peer broke the wire protocol; the connection is closed and counted."""
+
+
+class PeerError(DebtorrentError):
+    """A peer connection failed for an expected reason (refused, timed out)."""
+
+
+class TrackerError(DebtorrentError):
+    """A tracker could not be reached or sent a reply that cannot be used."""
