@@ -15,7 +15,6 @@ import ipaddress
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from debtorrent.errors import ConfigError
