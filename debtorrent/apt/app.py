@@ -1,0 +1,211 @@
+"""The WSGI application apt talks to: access control, routing, and HTTP semantics.
+
+Everything below this module speaks in targets, files and downloads; this is the one
+place that knows HTTP statuses. Expected failures arrive as
+:class:`~debtorrent.errors.DebtorrentError` subclasses carrying a ``status``; they
+become short plain-text answers, never a traceback. Nothing taken from the request is
+ever written into a response header.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from debtorrent.apt.proxy import Cached, Proxy
+from debtorrent.apt.serve import (
+    FileBody,
+    RangeNotSatisfiable,
+    http_date,
+    parse_http_date,
+    parse_range,
+)
+from debtorrent.apt.urls import parse_target
+from debtorrent.config import Config
+from debtorrent.errors import DebtorrentError, ForbiddenError
+from debtorrent.fetch import Download
+
+__all__ = ["AptApp"]
+
+log = logging.getLogger(__name__)
+
+StartResponse = Callable[..., Any]
+Route = Callable[[dict, StartResponse], Iterable[bytes]]
+
+_REASONS = {
+    200: "OK",
+    206: "Partial Content",
+    304: "Not Modified",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    416: "Range Not Satisfiable",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    507: "Insufficient Storage",
+}
+READ_CHUNK = 262144
+
+
+def _status(code: int) -> str:
+    return f"{code} {_REASONS.get(code, 'Error')}"
+
+
+def _content_type(path: str) -> str:
+    if path.endswith((".deb", ".udeb")):
+        return "application/vnd.debian.binary-package"
+    return "application/octet-stream"
+
+
+class AptApp:
+    """``app(environ, start_response)`` for gevent.pywsgi.
+
+    ``routes`` maps exact local paths (``/``, ``/status.json``) to other WSGI apps, so
+    the status pages live beside the proxy without it knowing them.
+    """
+
+    def __init__(self, config: Config, proxy: Proxy, routes: dict[str, Route] | None = None):
+        self.config = config
+        self.proxy = proxy
+        self.routes: dict[str, Route] = dict(routes or {})
+        self.read_timeout = max(config.http_timeout * 2, 10.0)
+
+    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            return self._handle(environ, start_response)
+        except DebtorrentError as exc:
+            code = getattr(exc, "status", 500)
+            log.log(
+                logging.INFO if code < 500 else logging.WARNING,
+                "%s %s -> %d: %s",
+                environ.get("REMOTE_ADDR", "-"),
+                _loggable(environ.get("debtorrent.raw_target", "")),
+                code,
+                exc,
+            )
+            return self._error(start_response, code, str(exc))
+
+    def _handle(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        if not self.config.client_allowed(environ.get("REMOTE_ADDR", "")):
+            raise ForbiddenError("client address not allowed")
+        method = environ.get("REQUEST_METHOD", "")
+        if method not in ("GET", "HEAD"):
+            start_response(_status(405), [("Allow", "GET, HEAD"), ("Content-Length", "0")])
+            return []
+        raw = environ.get("debtorrent.raw_target") or environ.get("PATH_INFO", "/")
+        route = self.routes.get(raw.split("?", 1)[0])
+        if route is not None:
+            return route(environ, start_response)
+        target = parse_target(raw)
+        if not self.config.mirror_allowed(target.mirror):
+            raise ForbiddenError(f"mirror {target.mirror} not allowed")
+        result = self.proxy.resolve(target)
+        if isinstance(result, Cached):
+            return self._send_cached(environ, start_response, result)
+        return self._stream(environ, start_response, result)
+
+    # --- answers ------------------------------------------------------------------
+
+    def _error(self, start_response: StartResponse, code: int, reason: str) -> list[bytes]:
+        body = f"{code} {_REASONS.get(code, 'Error')}: {_loggable(reason)}\n".encode()
+        start_response(
+            _status(code),
+            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    def _send_cached(
+        self, environ: dict, start_response: StartResponse, cached: Cached
+    ) -> Iterable[bytes]:
+        fd = os.open(cached.path, os.O_RDONLY)
+        try:
+            stat = os.fstat(fd)
+            size, mtime = stat.st_size, int(stat.st_mtime)
+            headers = [
+                ("Content-Type", _content_type(cached.path.name)),
+                ("Last-Modified", http_date(mtime)),
+                ("Accept-Ranges", "bytes"),
+            ]
+            since = parse_http_date(environ.get("HTTP_IF_MODIFIED_SINCE"))
+            if since is not None and mtime <= since and "HTTP_RANGE" not in environ:
+                os.close(fd)
+                start_response(_status(304), headers)
+                return []
+            span = None
+            if_range = environ.get("HTTP_IF_RANGE")
+            if if_range is None or if_range.strip() == http_date(mtime):
+                try:
+                    span = parse_range(environ.get("HTTP_RANGE"), size)
+                except RangeNotSatisfiable:
+                    os.close(fd)
+                    headers += [("Content-Range", f"bytes */{size}"), ("Content-Length", "0")]
+                    start_response(_status(416), headers)
+                    return []
+            if span is None:
+                start, end, code = 0, size, 200
+            else:
+                start, end, code = span[0], span[1], 206
+                headers.append(("Content-Range", f"bytes {start}-{end - 1}/{size}"))
+            headers.append(("Content-Length", str(end - start)))
+            start_response(_status(code), headers)
+        except BaseException:
+            os.close(fd)
+            raise
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            os.close(fd)
+            return []
+        return FileBody(fd, start, end)
+
+    def _stream(
+        self, environ: dict, start_response: StartResponse, download: Download
+    ) -> Iterable[bytes]:
+        headers = [("Content-Type", _content_type(download.path))]
+        if download.length is not None:
+            headers.append(("Content-Length", str(download.length)))
+        if download.last_modified is not None:
+            headers.append(("Last-Modified", http_date(download.last_modified)))
+        start_response(_status(200), headers)
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            return []
+        return self._body(download, start_response)
+
+    def _body(self, download: Download, start_response: StartResponse) -> Iterator[bytes]:
+        """The download's bytes as they become readable; an error cuts the transfer.
+
+        Before the first byte the status can still change (WSGI's ``exc_info``), so an
+        early failure is a plain 502/504; later, closing the connection short of the
+        announced length is the only honest signal left.
+        """
+        offset = 0
+        try:
+            while True:
+                data = download.read(offset, READ_CHUNK, self.read_timeout)
+                if not data:
+                    return
+                offset += len(data)
+                yield data
+        except DebtorrentError as exc:
+            log.warning("cutting transfer of %s/%s: %s", download.mirror, download.path, exc)
+            if offset == 0:
+                code = getattr(exc, "status", 502)
+                body = f"{code} {_REASONS.get(code, 'Error')}: {_loggable(str(exc))}\n".encode()
+                start_response(
+                    _status(code),
+                    [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))],
+                    sys.exc_info(),
+                )
+                yield body
+                return
+            raise ConnectionAbortedError(errno.ECONNABORTED, "transfer cut") from None
+
+
+def _loggable(text: str) -> str:
+    """``text`` with control characters escaped, so it cannot forge log or body lines."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)[:300]

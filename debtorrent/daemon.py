@@ -1,0 +1,144 @@
+"""The daemon: logging, wiring of the layers, the servers, and signals.
+
+By the time this module is imported, :func:`debtorrent.cli.main` has monkey-patched
+the standard library, so everything here runs on one gevent hub. SIGTERM and SIGINT
+stop the servers and exit 0; SIGHUP reopens the log file (for logrotate).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import gevent
+from gevent.event import Event
+from gevent.pywsgi import WSGIServer
+
+from debtorrent import __version__
+from debtorrent.apt.app import AptApp
+from debtorrent.apt.proxy import Proxy
+from debtorrent.apt.serve import AptHandler
+from debtorrent.archive.indexes import Archive
+from debtorrent.cache import Cache
+from debtorrent.config import Config
+from debtorrent.errors import DebtorrentError
+from debtorrent.fetch import Fetcher
+from debtorrent.mirror import Mirror
+
+__all__ = ["Daemon", "run"]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class AptServer(WSGIServer):
+    """The apt-facing server; ``send_timeout`` bounds a stuck client's sendfile."""
+
+    handler_class = AptHandler
+    send_timeout = 120.0
+
+
+class Daemon:
+    """All long-lived parts of one debtorrent process, wired bottom-up."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.cache = Cache(config.cache_dir)
+        self.archive = Archive(self.cache)
+        self.mirror = Mirror(config.http_timeout, config.mirror_allowed)
+        self.fetcher = Fetcher(self.cache, self.mirror)
+        self.proxy = Proxy(self.cache, self.archive, self.fetcher, config.http_timeout + 5)
+        self.app = AptApp(config, self.proxy, routes={"/": self._front_page})
+        self.server: AptServer | None = None
+        self.stopped = Event()
+
+    def start(self) -> None:
+        """Load what the cache holds, then open the apt port."""
+        self.cache.sweep_temporaries()
+        loaded = self.archive.load_saved()
+        log.info("loaded %d saved Packages indexes from %s", loaded, self.cache.root)
+        bind = self.config.bind or "::"
+        self.server = AptServer(
+            (bind, self.config.port),
+            self.app,
+            log=None,
+            error_log=logging.getLogger("debtorrent.http"),
+        )
+        self.server.start()
+        log.info("debtorrent %s: apt side on %s port %d", __version__, bind, self.config.port)
+
+    def stop(self) -> None:
+        """Close the servers and upstream connections; idempotent."""
+        if self.server is not None:
+            self.server.stop(timeout=2)
+            self.server = None
+        self.mirror.close()
+        self.stopped.set()
+
+    def _front_page(self, environ: dict, start_response) -> list[bytes]:
+        host = environ.get("HTTP_HOST") or f"localhost:{self.config.port}"
+        body = (
+            f"debtorrent {__version__}: an apt proxy.\n\n"
+            "Point apt at it in one of two ways:\n"
+            f"  deb http://{host}/deb.example.org/debian bookworm main\n"
+            f'  Acquire::http::Proxy "http://{host}/";\n'
+        ).encode("utf-8", "replace")
+        start_response(
+            "200 OK",
+            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+
+def setup_logging(config: Config) -> logging.Handler:
+    """Configure the root logger once: the only place handlers are made."""
+    if config.log_file:
+        handler: logging.Handler = logging.FileHandler(config.log_file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level.upper())
+    return handler
+
+
+def _reopen_log(handler: logging.Handler) -> None:
+    if isinstance(handler, logging.FileHandler):
+        handler.acquire()
+        try:
+            handler.close()
+            handler.stream = handler._open()
+        finally:
+            handler.release()
+        log.info("log file reopened")
+
+
+def run(config: Config) -> int:
+    """Run until SIGTERM/SIGINT; the process's exit status."""
+    try:
+        handler = setup_logging(config)
+    except OSError as exc:
+        print(f"debtorrent: error: log-file: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    try:
+        daemon = Daemon(config)
+        daemon.start()
+    except DebtorrentError as exc:
+        log.error("cannot start: %s", exc)
+        print(f"debtorrent: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        print(f"debtorrent: error: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    gevent.signal_handler(signal.SIGTERM, daemon.stop)
+    gevent.signal_handler(signal.SIGINT, daemon.stop)
+    gevent.signal_handler(signal.SIGHUP, _reopen_log, handler)
+    daemon.stopped.wait()
+    log.info("stopped")
+    return EXIT_OK

@@ -1,0 +1,173 @@
+"""Talking to mirrors: every upstream HTTP request goes through here (urllib3).
+
+One shared ``PoolManager`` keeps connections alive per mirror. Failures become
+:class:`~debtorrent.errors.MirrorError` subclasses that carry the URL and a short
+reason, so apt gets a 404/502/504 and the log names the mirror and path. Redirects
+are followed by hand, and only to mirrors the configuration allows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import (
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+
+from debtorrent import __version__
+from debtorrent.errors import MirrorError, MirrorNotFoundError, MirrorTimeoutError
+
+__all__ = ["Mirror", "Response"]
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"debtorrent/{__version__}"
+CHUNK = 65536
+MAX_REDIRECTS = 5
+
+
+@dataclass
+class Response:
+    """An upstream response whose body is read with :meth:`chunks`.
+
+    ``length`` is the Content-Length if the mirror sent one; ``start`` is the offset
+    of the first byte (non-zero only for a 206 answer to a Range request).
+    """
+
+    url: str
+    status: int
+    length: int | None
+    start: int
+    last_modified: str | None
+    _raw: urllib3.BaseHTTPResponse
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body, chunk by chunk; a short or broken body raises :class:`MirrorError`."""
+        received = 0
+        complete = False
+        try:
+            for chunk in self._raw.stream(CHUNK, decode_content=False):
+                received += len(chunk)
+                yield chunk
+            complete = self.length is None or received == self.length
+        except ReadTimeoutError:
+            raise MirrorTimeoutError(self.url, "timed out while reading the body") from None
+        except (ProtocolError, Urllib3Error, OSError) as exc:
+            raise MirrorError(self.url, f"body broken after {received} bytes: {exc}") from None
+        finally:
+            self.release(reuse=complete)
+        if not complete:
+            raise MirrorError(self.url, f"body truncated at {received} of {self.length} bytes")
+
+    def release(self, reuse: bool = False) -> None:
+        """Give the connection back, or close it when the body was not read to the end.
+
+        Draining an unread body could mean reading a whole large file for nothing.
+        """
+        if not reuse:
+            self._raw.close()
+        self._raw.release_conn()
+
+
+class Mirror:
+    """The upstream side: GETs with timeouts, allowed-host redirects and error mapping."""
+
+    def __init__(
+        self,
+        timeout: float,
+        host_allowed: Callable[[str], bool],
+        source_address: str | None = None,
+    ) -> None:
+        self.timeout = timeout
+        self.host_allowed = host_allowed
+        kwargs = {"source_address": (source_address, 0)} if source_address else {}
+        self.pool = urllib3.PoolManager(
+            num_pools=32,
+            maxsize=8,
+            block=False,
+            retries=False,
+            timeout=urllib3.Timeout(connect=timeout, read=timeout),
+            headers={"User-Agent": USER_AGENT},
+            **kwargs,
+        )
+
+    def get(self, url: str, headers: dict[str, str] | None = None) -> Response:
+        """Start a GET; the status is checked, the body is left to stream.
+
+        404/410 raise :class:`MirrorNotFoundError`; 5xx and other unexpected statuses,
+        refused connections and timeouts raise :class:`MirrorError` subclasses.
+        """
+        for _ in range(MAX_REDIRECTS + 1):
+            raw = self._request(url, headers or {})
+            if raw.status in (301, 302, 303, 307, 308):
+                location = raw.headers.get("Location", "")
+                raw.release_conn()
+                url = self._redirect_target(url, location)
+                continue
+            return self._response(url, raw)
+        raise MirrorError(url, f"more than {MAX_REDIRECTS} redirects")
+
+    def _request(self, url: str, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
+        try:
+            return self.pool.request(
+                "GET", url, headers=headers, preload_content=False, redirect=False
+            )
+        except (ReadTimeoutError, urllib3.exceptions.ConnectTimeoutError):
+            raise MirrorTimeoutError(url, "timed out") from None
+        except MaxRetryError as exc:
+            reason = exc.reason
+            if isinstance(reason, (ReadTimeoutError, urllib3.exceptions.ConnectTimeoutError)):
+                raise MirrorTimeoutError(url, "timed out") from None
+            if isinstance(reason, NewConnectionError):
+                raise MirrorError(url, "connection refused or unreachable") from None
+            raise MirrorError(url, str(reason)) from None
+        except NewConnectionError:
+            raise MirrorError(url, "connection refused or unreachable") from None
+        except (Urllib3Error, OSError) as exc:
+            raise MirrorError(url, f"request failed: {exc}") from None
+
+    def _redirect_target(self, url: str, location: str) -> str:
+        if not location or any(c in location for c in "\r\n\0"):
+            raise MirrorError(url, "redirect without a usable Location")
+        target = urllib3.util.parse_url(location)
+        if not target.host:
+            location = urljoin(url, location)
+            target = urllib3.util.parse_url(location)
+        host = target.host.lower() if target.host else ""
+        netloc = f"{host}:{target.port}" if target.port else host
+        if target.scheme not in ("http", "https") or not self.host_allowed(netloc):
+            raise MirrorError(url, f"redirect to {netloc or location!r} not allowed")
+        log.info("%s redirected to %s", url, location)
+        return location
+
+    def _response(self, url: str, raw: urllib3.BaseHTTPResponse) -> Response:
+        status = raw.status
+        if status in (404, 410):
+            raw.release_conn()
+            raise MirrorNotFoundError(url, f"not found ({status})")
+        if status not in (200, 206):
+            raw.release_conn()
+            raise MirrorError(url, f"mirror answered {status}")
+        start = 0
+        length_header = raw.headers.get("Content-Length")
+        length = int(length_header) if length_header and length_header.isdigit() else None
+        if status == 206:
+            content_range = raw.headers.get("Content-Range", "")
+            try:
+                start = int(content_range.split()[1].split("-")[0])
+            except (IndexError, ValueError):
+                raw.release_conn()
+                raise MirrorError(url, f"bad Content-Range {content_range!r}") from None
+        return Response(url, status, length, start, raw.headers.get("Last-Modified"), raw)
+
+    def close(self) -> None:
+        """Drop every pooled connection."""
+        self.pool.clear()
