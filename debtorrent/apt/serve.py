@@ -74,10 +74,14 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     except ValueError:
         return None
     if start < 0 or end <= start:
-        return None
+        return None if start < size else _unsatisfiable()
     if start >= size:
         raise RangeNotSatisfiable
     return start, min(end, size)
+
+
+def _unsatisfiable() -> None:
+    raise RangeNotSatisfiable
 
 
 @dataclass
