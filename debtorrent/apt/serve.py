@@ -73,15 +73,13 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         end = int(last) + 1 if last else size
     except ValueError:
         return None
-    if start < 0 or end <= start:
-        return None if start < size else _unsatisfiable()
+    if start < 0:
+        return None
     if start >= size:
         raise RangeNotSatisfiable
+    if end <= start:
+        return None
     return start, min(end, size)
-
-
-def _unsatisfiable() -> None:
-    raise RangeNotSatisfiable
 
 
 @dataclass
