@@ -53,3 +53,15 @@ bench-serve: venv debs
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
+
+# Debian packaging (debian/, man/): the .deb lands in dist/, built from a copy of the tree.
+.PHONY: deb man check-package
+
+deb:
+	tools/build-deb.sh dist
+
+man:
+	$(PYTHON) tools/genman.py
+
+check-package: deb
+	lintian --info dist/debtorrent_*.changes
