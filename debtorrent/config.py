@@ -108,6 +108,38 @@ def _log_level(text: str) -> str:
     return value
 
 
+def _tracker_url(text: str) -> str:
+    url = text.strip()
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https", "udp") or not rest:
+        raise ValueError(f"{text!r} is not an http://, https:// or udp:// tracker URL")
+    if any(ord(c) < 0x21 for c in url):
+        raise ValueError(f"{text!r} holds spaces or control characters")
+    return url
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    text = text.strip()
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        if not all(c.isalnum() or c in "-." for c in host):
+            raise ValueError(f"{text!r} is not HOST:PORT") from None
+    return host, _port(port)
+
+
+def _rate(text: str) -> float:
+    """Bytes per second, with an optional k/M suffix (powers of 1000, as rates are)."""
+    raw = text.strip()
+    factor = {"k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6}.get(raw[-1:], 1.0)
+    number = raw[:-1] if factor != 1.0 else raw
+    return _float(number) * factor
+
+
 def _default_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "debtorrent")
@@ -199,6 +231,91 @@ OPTIONS: tuple[Option, ...] = (
         "Append the log to this file (reopened on SIGHUP); empty logs to standard error.",
         _path,
         metavar="FILE",
+    ),
+    Option(
+        "peer-port",
+        "port",
+        "9989",
+        "TCP port peers connect to; one port serves every swarm.",
+        _port,
+        metavar="PORT",
+    ),
+    Option(
+        "peer-bind",
+        "address",
+        "",
+        "Address the peer side listens on and outgoing peer and tracker connections "
+        "leave from; empty for all interfaces.",
+        _address,
+        metavar="ADDR",
+    ),
+    Option(
+        "tracker",
+        "url",
+        "",
+        "Tracker announce URL (http://, https:// or udp://); repeat for several. "
+        "Without one, peers come only from --peer, and the mirror serves the rest.",
+        _tracker_url,
+        metavar="URL",
+        repeatable=True,
+    ),
+    Option(
+        "peer",
+        "host:port",
+        "",
+        "A peer to connect to for every swarm (small LANs, tests); repeat for several.",
+        _host_port,
+        metavar="HOST:PORT",
+        repeatable=True,
+    ),
+    Option(
+        "http-seed-delay",
+        "seconds",
+        "10",
+        "Seconds a requested file may make no progress from peers before the mirror joins.",
+        _float,
+        metavar="SECS",
+    ),
+    Option(
+        "http-seed-min-rate",
+        "rate",
+        "0",
+        "Bytes/s (k and M suffixes allowed) under which the mirror joins a slow swarm "
+        "download; 0 disables the check.",
+        _rate,
+        metavar="RATE",
+    ),
+    Option(
+        "max-peers",
+        "count",
+        "200",
+        "Peer connections in all swarms together.",
+        _int,
+        metavar="N",
+    ),
+    Option(
+        "max-peers-per-swarm",
+        "count",
+        "50",
+        "Peer connections in one swarm.",
+        _int,
+        metavar="N",
+    ),
+    Option(
+        "upload-slots",
+        "count",
+        "8",
+        "Peers unchoked at once across all swarms, the optimistic unchoke included.",
+        _int,
+        metavar="N",
+    ),
+    Option(
+        "old-swarm-keep",
+        "seconds",
+        "3600",
+        "Seconds the swarm of a replaced index keeps seeding its complete files.",
+        _float,
+        metavar="SECS",
     ),
     Option(
         "http-timeout",

@@ -25,6 +25,8 @@ from debtorrent.config import Config
 from debtorrent.errors import DebtorrentError
 from debtorrent.fetch import Fetcher
 from debtorrent.mirror import Mirror
+from debtorrent.torrent.manager import SwarmManager
+from debtorrent.torrent.session import Session, SessionSettings
 
 __all__ = ["Daemon", "run"]
 
@@ -49,16 +51,20 @@ class Daemon:
         self.config = config
         self.cache = Cache(config.cache_dir)
         self.archive = Archive(self.cache)
-        self.mirror = Mirror(config.http_timeout, config.mirror_allowed)
+        self.mirror = Mirror(config.http_timeout, config.mirror_allowed, config.peer_bind or None)
         self.fetcher = Fetcher(self.cache, self.mirror)
         self.proxy = Proxy(self.cache, self.archive, self.fetcher, config.http_timeout + 5)
         self.app = AptApp(config, self.proxy, routes={"/": self._front_page})
+        self.session = Session(session_settings(config), self.mirror)
+        self.swarms = SwarmManager(self.session, self.archive, self.cache, config.old_swarm_keep)
+        self.proxy.package_source = self.swarms.fetch
         self.server: AptServer | None = None
         self.stopped = Event()
 
     def start(self) -> None:
         """Load what the cache holds, then open the apt port."""
         self.cache.sweep_temporaries()
+        self.session.start()
         loaded = self.archive.load_saved()
         log.info("loaded %d saved Packages indexes from %s", loaded, self.cache.root)
         bind = self.config.bind or "::"
@@ -76,6 +82,7 @@ class Daemon:
         if self.server is not None:
             self.server.stop(timeout=2)
             self.server = None
+        self.session.stop()
         self.mirror.close()
         self.stopped.set()
 
@@ -92,6 +99,22 @@ class Daemon:
             [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
         )
         return [body]
+
+
+def session_settings(config: Config) -> SessionSettings:
+    """The peer side's settings, taken from the option table's values."""
+    return SessionSettings(
+        peer_port=config.peer_port,
+        peer_bind=config.peer_bind,
+        trackers=list(config.tracker),
+        peers=list(config.peer),
+        max_peers=config.max_peers,
+        max_peers_per_swarm=config.max_peers_per_swarm,
+        upload_slots=config.upload_slots,
+        http_seed_delay=config.http_seed_delay,
+        http_seed_min_rate=config.http_seed_min_rate,
+        http_timeout=config.http_timeout,
+    )
 
 
 def setup_logging(config: Config) -> logging.Handler:

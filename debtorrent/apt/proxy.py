@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from debtorrent.apt.urls import FileClass, Target, classify
-from debtorrent.archive.indexes import Archive
+from debtorrent.archive.indexes import Archive, PackageMatch
 from debtorrent.archive.packages import compression_of, decompress
 from debtorrent.cache import Cache, TempFile
 from debtorrent.errors import (
@@ -41,10 +41,10 @@ class Cached:
     source: str = "cache"
 
 
-# A hook the swarm layer installs: given a package request matched to an index, it
-# returns the Download (or complete file) that will satisfy it. Without it, packages
-# come straight from the mirror.
-PackageSource = Callable[[Target, "Expected"], "Cached | Download | None"]
+# A hook the swarm layer installs: given a package request matched to an index entry,
+# it blocks until the file is verified in the cache and returns its path (None: no
+# swarm has it). Without the hook, packages come straight from the mirror.
+PackageSource = Callable[[PackageMatch], "Path | None"]
 
 
 class Proxy:
@@ -143,9 +143,9 @@ class Proxy:
         if cached is not None and _size(cached) == entry.size:
             return Cached(cached)
         if self.package_source is not None:
-            result = self.package_source(target, expected)
-            if result is not None:
-                return result
+            path = self.package_source(match)
+            if path is not None:
+                return Cached(path, "swarm")
         download = self.fetcher.fetch(target.mirror, target.path, target.url, expected=expected)
         download.wait_headers(self.header_timeout)
         return download

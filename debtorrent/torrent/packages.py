@@ -1,0 +1,505 @@
+"""The swarm of one ``Packages`` index: its files are the ``.deb`` files it lists.
+
+Identity, files and pieces follow the design's layout 1 (see
+:func:`~debtorrent.torrent.metainfo.swarm_info`): every peer derives them from the
+index alone. A one-piece file is verified by the index SHA256; a larger file's piece
+SHA256s come from a peer (``dt_hashes``) or are computed by whoever fetches the file
+from the mirror, and the whole file is judged by the index SHA256 in the end: a hash
+list that leads to a bad file bans its giver, and the file is fetched again.
+
+Nothing is downloaded until apt asks (:meth:`PackageSwarm.request`). The mirror is the
+HTTP seed: it joins at once when no connected peer has or is fetching the file, and
+later when the swarm stalls. A daemon that starts fetching from the mirror says so
+(``dt_fetching``); peers wanting the same file wait for its pieces, and two that start
+together keep the earlier claim (:func:`~debtorrent.torrent.wire.fetch_winner`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import gevent
+from gevent.event import Event
+
+from debtorrent.archive.indexes import LoadedIndex
+from debtorrent.cache import Cache
+from debtorrent.errors import DebtorrentError, ProtocolError, VerificationError
+from debtorrent.torrent import wire
+from debtorrent.torrent.layout import LAYOUT1_PIECE_LENGTH, Layout
+from debtorrent.torrent.metainfo import swarm_info_hash
+from debtorrent.torrent.picker import DISABLED, HIGH
+from debtorrent.torrent.storage import PackageStore
+from debtorrent.torrent.swarm import Swarm
+from debtorrent.torrent.webseed import MirrorFetch
+
+if TYPE_CHECKING:
+    from debtorrent.torrent.peer import PeerConnection
+    from debtorrent.torrent.session import Session
+
+__all__ = ["FileRequest", "PackageSwarm"]
+
+log = logging.getLogger(__name__)
+
+CONNECT_GRACE = 3.0  # seconds a fresh swarm waits for its first peers before the mirror
+HASH_ASK_INTERVAL = 1.0
+MAX_ATTEMPTS = 2  # whole-file failures before apt is told
+
+
+class FileRequest:
+    """What apt's request waits on: set once the file is verified (or has failed)."""
+
+    def __init__(self, file_index: int) -> None:
+        self.file_index = file_index
+        self.event = Event()
+        self.error: DebtorrentError | None = None
+        self.path: Path | None = None
+        self.started = time.monotonic()
+        self.attempts = 0
+
+    def wait(self, timeout: float | None) -> Path:
+        """Block until done; raise the failure, or a timeout as a 504-style error."""
+        if not self.event.wait(timeout):
+            from debtorrent.errors import MirrorTimeoutError
+
+            raise MirrorTimeoutError("swarm", "file not complete in time")
+        if self.error is not None:
+            raise self.error
+        assert self.path is not None
+        return self.path
+
+
+class _Verifiable:
+    """The pieces we could verify if we had them (the picker's ``only``)."""
+
+    def __init__(self, swarm: PackageSwarm) -> None:
+        self.swarm = swarm
+
+    def __contains__(self, piece: object) -> bool:
+        if not isinstance(piece, int):
+            return False
+        return self.swarm.piece_hash(piece) is not None
+
+
+class PackageSwarm(Swarm):
+    """A layout-1 swarm over one loaded ``Packages`` index."""
+
+    def __init__(self, session: Session, loaded: LoadedIndex, cache: Cache) -> None:
+        index = loaded.index
+        layout = Layout.file_aligned(index.sizes, LAYOUT1_PIECE_LENGTH)
+        release = loaded.release
+        info_hash = swarm_info_hash(
+            release.origin or "unknown",
+            release.swarm_suite or "unknown",
+            loaded.component.replace("/", "-"),
+            loaded.arch,
+            bytes.fromhex(index.sha256),
+        )
+        super().__init__(session, info_hash, loaded.name, layout)
+        self.loaded = loaded
+        self.index = index
+        self.cache = cache
+        self.base = cache.path(loaded.mirror, loaded.release.root or ".")
+        self.store = PackageStore(layout, self.final_path)
+        self.hashes: dict[int, list[bytes]] = {}  # file -> piece SHA256s (a prefix)
+        self.hash_giver: dict[int, PeerConnection | None] = {}
+        self._hash_asked: dict[tuple[int, PeerConnection], float] = {}
+        self.requests: dict[int, FileRequest] = {}
+        self.fetches: dict[int, MirrorFetch] = {}
+        self.peer_fetching: dict[int, dict[PeerConnection, int]] = {}
+        self.created = time.monotonic()
+        self._verifiable = _Verifiable(self)
+        self.complete_files = self._scan_cache()
+
+    # --- files ------------------------------------------------------------------------
+
+    def final_path(self, file_index: int) -> Path:
+        return self.base / self.index.filenames[file_index]
+
+    def file_sha256(self, file_index: int) -> bytes:
+        return bytes(self.index.digests[file_index * 32 : file_index * 32 + 32])
+
+    def file_complete(self, file_index: int) -> bool:
+        have = self.have
+        return all(p in have for p in self.layout.file_pieces(file_index))
+
+    def _scan_cache(self) -> int:
+        """Mark the files already in the cache as had (they were verified before the
+        rename that put them there), without stat-ing every file the index lists."""
+        count = 0
+        for dirpath, _dirs, files in os.walk(self.base / "pool"):
+            for name in files:
+                rel = os.path.relpath(os.path.join(dirpath, name), self.base)
+                file_index = self.index.positions.get(rel)
+                if file_index is not None and self.store.has_file(file_index):
+                    for piece in self.layout.file_pieces(file_index):
+                        self.have.add(piece)
+                    count += 1
+        if count:
+            log.info("%s: seeding %d files from the cache", self, count)
+        return count
+
+    def mark_complete(self, file_index: int) -> None:
+        """Another swarm completed the same file at the same path: seed it here too."""
+        if self.store.has_file(file_index):
+            for piece in self.layout.file_pieces(file_index):
+                self.add_piece(piece)
+
+    # --- what apt asks for -------------------------------------------------------------
+
+    def request(self, file_index: int) -> FileRequest:
+        """Enable a file at top priority; the returned request completes when verified."""
+        pending = self.requests.get(file_index)
+        if pending is not None:
+            return pending
+        request = FileRequest(file_index)
+        if self.file_complete(file_index) and self.store.has_file(file_index):
+            request.path = self.final_path(file_index)
+            request.event.set()
+            return request
+        self.requests[file_index] = request
+        self.picker.set_file_priority(file_index, HIGH)
+        self._ask_hashes(file_index)
+        self.wake_peers()
+        gevent.spawn(self._supervise, request)
+        return request
+
+    def _supervise(self, request: FileRequest) -> None:
+        """Bring in the mirror when peers cannot, or stall, until the file is done."""
+        settings = self.session.settings
+        file_index = request.file_index
+        size = self.layout.file_size(file_index)
+        if not self._peers_may_supply(file_index) and self._grace_over():
+            self._start_mirror(file_index)
+        last_done, last_change = -1, time.monotonic()
+        window_start, window_done = time.monotonic(), 0
+        while not request.event.is_set() and not self.closed:
+            gevent.sleep(0.25)
+            now = time.monotonic()
+            done = self._bytes_done(file_index)
+            if done != last_done:
+                last_done, last_change = done, now
+            if file_index in self.fetches:
+                continue
+            stalled = now - last_change >= settings.http_seed_delay
+            slow = False
+            if now - window_start >= max(settings.http_seed_delay, 1.0):
+                rate = (done - window_done) / (now - window_start)
+                slow = 0 < settings.http_seed_min_rate and rate < settings.http_seed_min_rate
+                slow = slow and done < size
+                window_start, window_done = now, done
+            if not self._peers_may_supply(file_index) and self._grace_over():
+                self._start_mirror(file_index)
+            elif stalled or slow:
+                log.info(
+                    "%s: %s %s; the mirror joins",
+                    self,
+                    self.index.filenames[file_index],
+                    "stalled" if stalled else "too slow",
+                )
+                self._start_mirror(file_index, force=True)
+
+    def _grace_over(self) -> bool:
+        if self.peers or not self.session.expects_peers():
+            return True
+        return time.monotonic() - self.created >= CONNECT_GRACE
+
+    def _peers_may_supply(self, file_index: int) -> bool:
+        pieces = self.layout.file_pieces(file_index)
+        if self.peer_fetching.get(file_index):
+            return True
+        return any(not peer.closed and any(p in peer.has for p in pieces) for peer in self.peers)
+
+    def _bytes_done(self, file_index: int) -> int:
+        pieces = self.layout.file_pieces(file_index)
+        return sum(self.layout.piece_size(p) for p in pieces if p in self.have)
+
+    # --- the mirror as HTTP seed ----------------------------------------------------------
+
+    def _start_mirror(self, file_index: int, force: bool = False) -> None:
+        if file_index in self.fetches or self.file_complete(file_index):
+            return
+        if not force and self.peer_fetching.get(file_index):
+            return
+        fetch = MirrorFetch(self, file_index)
+        self.fetches[file_index] = fetch
+        for peer in list(self.peers):
+            peer.send_extended(
+                wire.DT_FETCHING,
+                wire.encode_dt_fetching(wire.FetchStarted(file_index, fetch.started_ms)),
+            )
+        fetch.start()
+
+    def mirror_piece(self, fetch: MirrorFetch, piece: int, data: bytes) -> None:
+        """A piece read from the mirror: stored, hashed into our list, announced."""
+        file_index = fetch.file_index
+        if piece in self.have:
+            return
+        self.store.write(piece, 0, data)
+        self.session.count("mirror", len(data))
+        self.downloaded += len(data)
+        pieces = self.layout.file_pieces(file_index)
+        if len(pieces) > 1:
+            self._own_hash(file_index, piece, hashlib.sha256(data).digest())
+        elif hashlib.sha256(data).digest() != self.file_sha256(file_index):
+            self.store.discard(file_index)
+            raise VerificationError(fetch.url, "SHA256 does not match the index")
+        self.add_piece(piece)
+
+    def _own_hash(self, file_index: int, piece: int, digest: bytes) -> None:
+        """Record a mirror piece's SHA256 in the file's list; the mirror is the origin,
+        so where a peer's list disagrees, ours replaces it from there on."""
+        pieces = self.layout.file_pieces(file_index)
+        position = piece - pieces.start
+        known = self.hashes.setdefault(file_index, [])
+        if len(known) < position:  # pieces before came from peers: hash what we hold
+            known.extend(
+                hashlib.sha256(self.store.read(p, 0, self.layout.piece_size(p))).digest()
+                for p in range(pieces.start + len(known), piece)
+            )
+        if len(known) > position and known[position] == digest:
+            return
+        del known[position:]
+        known.append(digest)
+        self.hash_giver[file_index] = None
+
+    def mirror_done(self, fetch: MirrorFetch, error: DebtorrentError | None) -> None:
+        """The mirror fetch ended (complete, aborted for another fetcher, or failed)."""
+        file_index = fetch.file_index
+        if self.fetches.get(file_index) is fetch:
+            del self.fetches[file_index]
+        done_msg = wire.FetchFinished if error is None else wire.FetchAborted
+        for peer in list(self.peers):
+            peer.send_extended(wire.DT_FETCHING, wire.encode_dt_fetching(done_msg(file_index)))
+        request = self.requests.get(file_index)
+        if error is not None and request is not None and not fetch.yielded:
+            if not self._peers_may_supply(file_index):
+                self._fail(file_index, error)
+
+    # --- verification --------------------------------------------------------------------
+
+    def piece_hash(self, piece: int) -> bytes | None:
+        file_index = self.layout.piece_file(piece)
+        pieces = self.layout.file_pieces(file_index)
+        if len(pieces) == 1:
+            return self.file_sha256(file_index)
+        known = self.hashes.get(file_index)
+        position = piece - pieces.start
+        return known[position] if known is not None and position < len(known) else None
+
+    def verifiable(self) -> _Verifiable:
+        return self._verifiable
+
+    def verify_piece(self, piece: int) -> bool:
+        expected = self.piece_hash(piece)
+        data = self.store.read(piece, 0, self.layout.piece_size(piece))
+        return expected is not None and hashlib.sha256(data).digest() == expected
+
+    def write_block(self, piece: int, begin: int, data: bytes) -> None:
+        self.store.write(piece, begin, data)
+
+    def read(self, piece: int, begin: int, length: int) -> bytes:
+        return self.store.read(piece, begin, length)
+
+    def check_piece(self, piece: int, source: PeerConnection | None) -> bool:
+        ok = super().check_piece(piece, source)
+        if not ok:
+            file_index = self.layout.piece_file(piece)
+            giver = self.hash_giver.get(file_index)
+            if len(self.layout.file_pieces(file_index)) > 1 and giver is not None:
+                self._distrust(file_index, giver, "piece failed against its hash list")
+        return ok
+
+    def piece_verified(self, piece: int) -> None:
+        file_index = self.layout.piece_file(piece)
+        if self.file_complete(file_index):
+            self._file_done(file_index)
+
+    def _file_done(self, file_index: int) -> None:
+        pieces = self.layout.file_pieces(file_index)
+        if len(pieces) > 1 and self.store.file_sha256(file_index) != self.file_sha256(file_index):
+            self._whole_file_failed(file_index)
+            return
+        try:
+            path = self.store.commit(file_index) if self.store.partial(file_index) else None
+        except DebtorrentError as exc:
+            self._reset_file(file_index)
+            self._fail(file_index, exc)
+            return
+        path = path or self.final_path(file_index)
+        self.picker.set_file_priority(file_index, DISABLED)
+        self.complete_files += 1
+        log.info("%s: %s complete", self, self.index.filenames[file_index])
+        request = self.requests.pop(file_index, None)
+        if request is not None:
+            request.path = path
+            request.event.set()
+        self.session.file_completed(self, file_index)
+
+    def _whole_file_failed(self, file_index: int) -> None:
+        giver = self.hash_giver.get(file_index)
+        name = self.index.filenames[file_index]
+        log.warning("%s: %s failed its index SHA256", self, name)
+        if giver is not None:
+            self._distrust(file_index, giver, "its hash list gave a file failing the index SHA256")
+        self._reset_file(file_index)
+        request = self.requests.get(file_index)
+        if request is None:
+            return
+        request.attempts += 1
+        if request.attempts >= MAX_ATTEMPTS:
+            self._fail(file_index, VerificationError(name, "SHA256 does not match the index"))
+            return
+        self.picker.set_file_priority(file_index, HIGH)
+        self._start_mirror(file_index, force=True)
+
+    def _distrust(self, file_index: int, giver: PeerConnection, why: str) -> None:
+        self.session.ban(giver.address[0], why)
+        giver.close("banned: " + why)
+        self.hashes.pop(file_index, None)
+        self.hash_giver.pop(file_index, None)
+
+    def _reset_file(self, file_index: int) -> None:
+        self.store.discard(file_index)
+        for piece in self.layout.file_pieces(file_index):
+            self.have.discard(piece)
+        self.hashes.pop(file_index, None)
+        self.hash_giver.pop(file_index, None)
+
+    def _fail(self, file_index: int, error: DebtorrentError) -> None:
+        request = self.requests.pop(file_index, None)
+        self.picker.set_file_priority(file_index, DISABLED)
+        self.store.discard(file_index)
+        if request is not None:
+            request.error = error
+            request.event.set()
+
+    # --- piece hashes over dt_hashes ----------------------------------------------------
+
+    def _ask_hashes(self, file_index: int, only: PeerConnection | None = None) -> None:
+        pieces = self.layout.file_pieces(file_index)
+        if len(pieces) <= 1 or file_index not in self.requests:
+            return
+        known = len(self.hashes.get(file_index, ()))
+        now = time.monotonic()
+        for peer in [only] if only is not None else list(self.peers):
+            if peer.closed or wire.DT_HASHES not in peer.extensions:
+                continue
+            had = sum(1 for p in pieces if p in peer.has)
+            if had <= known and not (peer.seed and known < len(pieces)):
+                continue
+            if now - self._hash_asked.get((file_index, peer), 0.0) < HASH_ASK_INTERVAL:
+                continue
+            self._hash_asked[(file_index, peer)] = now
+            peer.send_extended(
+                wire.DT_HASHES, wire.encode_dt_hashes(wire.HashesRequest(file_index))
+            )
+
+    def _hashes_for(self, file_index: int) -> list[bytes]:
+        """Our piece SHA256s of a file: complete ones hashed from the cache on demand."""
+        pieces = self.layout.file_pieces(file_index)
+        known = self.hashes.get(file_index, [])
+        if len(known) < len(pieces) and self.file_complete(file_index):
+            known = [
+                hashlib.sha256(self.store.read(p, 0, self.layout.piece_size(p))).digest()
+                for p in pieces
+            ]
+            self.hashes[file_index] = known
+            self.hash_giver[file_index] = None
+        return known
+
+    def on_extended(self, peer: PeerConnection, name: str, payload: object) -> None:
+        num_files = len(self.index)
+        if name == wire.DT_HASHES:
+            self._on_hashes(peer, wire.decode_dt_hashes(payload, num_files=num_files))
+        elif name == wire.DT_FETCHING:
+            self._on_fetching(peer, wire.decode_dt_fetching(payload, num_files=num_files))
+
+    def _on_hashes(self, peer: PeerConnection, msg: object) -> None:
+        if isinstance(msg, wire.HashesRequest):
+            known = self._hashes_for(msg.file_index)
+            reply = (
+                wire.HashesReply(msg.file_index, b"".join(known))
+                if known and len(self.layout.file_pieces(msg.file_index)) > 1
+                else wire.HashesReject(msg.file_index)
+            )
+            peer.send_extended(wire.DT_HASHES, wire.encode_dt_hashes(reply))
+        elif isinstance(msg, wire.HashesReply):
+            file_index = msg.file_index
+            pieces = self.layout.file_pieces(file_index)
+            offered = msg.piece_hashes()
+            if len(offered) > len(pieces):
+                raise ProtocolError(f"dt_hashes: {len(offered)} hashes for {len(pieces)} pieces")
+            known = self.hashes.get(file_index, [])
+            if len(offered) <= len(known) or offered[: len(known)] != known:
+                return  # nothing new, or it disagrees with the list we verify against
+            self.hashes[file_index] = offered
+            self.hash_giver[file_index] = peer
+            self.wake_peers()
+
+    def _on_fetching(self, peer: PeerConnection, msg: object) -> None:
+        if isinstance(msg, wire.FetchStarted):
+            self.peer_fetching.setdefault(msg.file_index, {})[peer] = msg.started_ms
+            ours = self.fetches.get(msg.file_index)
+            if ours is not None:
+                winner = wire.fetch_winner(
+                    [
+                        wire.FetchClaim(ours.started_ms, self.peer_id),
+                        wire.FetchClaim(msg.started_ms, peer.peer_id),
+                    ]
+                )
+                if winner.peer_id != self.peer_id:
+                    log.info(
+                        "%s: %s fetches file %d first; waiting for it", self, peer, msg.file_index
+                    )
+                    ours.yield_to(peer)
+            self._ask_hashes(msg.file_index, peer)
+        else:
+            fetching = self.peer_fetching.get(msg.file_index, {})
+            fetching.pop(peer, None)
+            if not fetching:
+                self.peer_fetching.pop(msg.file_index, None)
+            self._ask_hashes(msg.file_index, peer)
+
+    # --- peers ------------------------------------------------------------------------------
+
+    def on_extension_handshake(self, peer: PeerConnection) -> None:
+        for file_index, fetch in list(self.fetches.items()):
+            peer.send_extended(
+                wire.DT_FETCHING,
+                wire.encode_dt_fetching(wire.FetchStarted(file_index, fetch.started_ms)),
+            )
+        for file_index in list(self.requests):
+            self._ask_hashes(file_index, peer)
+
+    def on_have(self, peer: PeerConnection, piece: int) -> None:
+        super().on_have(peer, piece)
+        file_index = self.layout.piece_file(piece)
+        if file_index in self.requests:
+            self._ask_hashes(file_index, peer)
+
+    def on_bitfield(self, peer: PeerConnection) -> None:
+        super().on_bitfield(peer)
+        for file_index in list(self.requests):
+            self._ask_hashes(file_index, peer)
+
+    def peer_gone(self, peer: PeerConnection) -> None:
+        for file_index in list(self.peer_fetching):
+            fetching = self.peer_fetching[file_index]
+            fetching.pop(peer, None)
+            if not fetching:
+                del self.peer_fetching[file_index]
+        for key in [k for k in self._hash_asked if k[1] is peer]:
+            del self._hash_asked[key]
+
+    def close(self) -> None:
+        for fetch in list(self.fetches.values()):
+            fetch.stop()
+        for file_index in list(self.requests):
+            self._fail(file_index, VerificationError("swarm", "swarm closed"))
+        super().close()
+        self.store.close()

@@ -1,0 +1,248 @@
+"""A swarm: one torrent's pieces, its peers, its picker, and what verifies its data.
+
+:class:`Swarm` holds what every swarm shares: the set of connected peers, our verified
+pieces (``have``), the picker, and the block flow (pick, receive, verify, announce,
+serve). How a piece is verified differs: a standard v1 torrent (:class:`TorrentSwarm`)
+checks SHA1s from its metainfo; a swarm derived from a ``Packages`` index
+(:class:`~debtorrent.torrent.packages.PackageSwarm`) checks SHA256s from the index or
+from peers. Subclasses supply :meth:`Swarm.verify_piece` and react in
+:meth:`Swarm.piece_verified`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Container
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gevent.event import Event
+
+from debtorrent.errors import CacheError
+from debtorrent.torrent.layout import Layout
+from debtorrent.torrent.metainfo import Metainfo
+from debtorrent.torrent.picker import NORMAL, Picker, PieceSet
+from debtorrent.torrent.storage import TorrentStore
+
+if TYPE_CHECKING:
+    from debtorrent.torrent.peer import PeerConnection
+    from debtorrent.torrent.session import Session
+
+__all__ = ["Swarm", "TorrentSwarm"]
+
+log = logging.getLogger(__name__)
+
+MAX_PEERS_PER_SWARM = 50
+
+
+class Swarm:
+    """What every swarm does; see the module docstring."""
+
+    def __init__(self, session: Session, info_hash: bytes, name: str, layout: Layout) -> None:
+        self.session = session
+        self.info_hash = info_hash
+        self.name = name
+        self.layout = layout
+        self.peer_id = session.peer_id
+        self.have = PieceSet(layout.num_pieces)
+        self.picker = Picker(layout, have=self.have)
+        self.peers: set[PeerConnection] = set()
+        self.max_peers = session.settings.max_peers_per_swarm
+        self.downloaded = 0
+        self.uploaded = 0
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.info_hash.hex()[:12]}>"
+
+    # --- peers coming and going ------------------------------------------------------
+
+    def attach(self, peer: PeerConnection) -> bool:
+        """Admit a handshaken peer, unless full, closed, or already connected."""
+        if self.closed or len(self.peers) >= self.max_peers:
+            return False
+        if any(p.peer_id == peer.peer_id for p in self.peers):
+            return False
+        if not self.session.admit(peer):
+            return False
+        self.peers.add(peer)
+        return True
+
+    def detach(self, peer: PeerConnection) -> None:
+        if peer not in self.peers:
+            return
+        self.peers.discard(peer)
+        self.session.release(peer)
+        self.picker.drop_peer(peer)
+        if peer.seed:
+            self.picker.remove_seed()
+        else:
+            self.picker.remove_bitfield(peer.has)
+        self.peer_gone(peer)
+
+    def peer_gone(self, peer: PeerConnection) -> None:
+        """Hook: a peer left (subclasses re-plan what it was to send)."""
+
+    def on_extension_handshake(self, peer: PeerConnection) -> None:
+        """Hook: the peer told us its extensions."""
+
+    def on_extended(self, peer: PeerConnection, name: str, payload: object) -> None:
+        """Hook: one of our extension messages arrived."""
+
+    # --- availability --------------------------------------------------------------------
+
+    def on_have(self, peer: PeerConnection, piece: int) -> None:
+        if not peer.seed:
+            self.picker.inc_availability(piece)
+
+    def on_bitfield(self, peer: PeerConnection) -> None:
+        if peer.has.complete:
+            peer.seed = True
+            self.picker.add_seed()
+        else:
+            self.picker.add_bitfield(peer.has)
+
+    def interesting(self, peer: PeerConnection) -> bool:
+        """Whether the peer has a piece we want and can verify."""
+        verifiable = self.verifiable()
+        return any(
+            p in peer.has and (verifiable is None or p in verifiable)
+            for p in self.picker._wanted
+        )
+
+    def verifiable(self) -> Container[int] | None:
+        """Pieces we could check if we had them; None means all (v1)."""
+        return None
+
+    # --- blocks --------------------------------------------------------------------------
+
+    def pick(self, peer: PeerConnection, n_blocks: int) -> list[tuple[int, int, int]]:
+        blocks = self.picker.pick(peer, peer.has, n_blocks, only=self.verifiable())
+        return [(b.piece, b.begin, b.length) for b in blocks]
+
+    def on_block(self, peer: PeerConnection, piece: int, begin: int, data: bytes) -> None:
+        result = self.picker.block_received(peer, piece, begin)
+        if not result.new:
+            return
+        try:
+            self.write_block(piece, begin, data)
+        except CacheError as exc:
+            log.warning("%s: cannot store piece %d: %s", self, piece, exc)
+            self.picker.piece_failed(piece)
+            return
+        self.downloaded += len(data)
+        self.session.count("peers", len(data))
+        for other, block in result.cancels:
+            other.cancel(block.piece, block.begin)
+        if result.piece_complete:
+            self.check_piece(piece, source=peer)
+
+    def on_block_lost(self, peer: PeerConnection, piece: int, begin: int) -> None:
+        self.picker.cancel_request(peer, piece, begin)
+
+    def check_piece(self, piece: int, source: PeerConnection | None) -> bool:
+        """Verify a complete piece: announce it, or drop it and strike its senders."""
+        if self.verify_piece(piece):
+            self.add_piece(piece)
+            return True
+        senders = self.picker.piece_failed(piece)
+        log.warning("%s: piece %d failed verification", self, piece)
+        for sender in senders:
+            address = getattr(sender, "address", None)
+            if address:
+                self.session.ban(address[0], f"sent bad data for piece {piece} in {self.name}")
+                sender.close("sent bad data")
+        return False
+
+    def add_piece(self, piece: int) -> None:
+        """A verified piece: record it, tell the peers, let the subclass react."""
+        if not self.have.add(piece):
+            return
+        self.picker.piece_verified(piece)
+        for peer in list(self.peers):
+            peer.have(piece)
+            if peer.am_interested and not self.interesting(peer):
+                peer.update_interest()
+        self.piece_verified(piece)
+
+    def read_block(self, piece: int, begin: int, length: int) -> bytes | None:
+        """A block to upload, only from a verified piece."""
+        if piece not in self.have or begin + length > self.layout.piece_size(piece):
+            return None
+        try:
+            return self.read(piece, begin, length)
+        except (CacheError, OSError) as exc:
+            log.warning("%s: cannot read piece %d: %s", self, piece, exc)
+            return None
+
+    def on_upload(self, peer: PeerConnection, amount: int) -> None:
+        self.uploaded += amount
+        self.session.count("uploaded", amount)
+
+    def wake_peers(self) -> None:
+        """Something new is wanted: ask every peer whether it can help."""
+        for peer in list(self.peers):
+            peer.update_interest()
+
+    @property
+    def seeding(self) -> bool:
+        """Whether we want nothing (the choker then ranks by upload rate)."""
+        return self.picker.num_wanted == 0
+
+    # --- what subclasses define -------------------------------------------------------
+
+    def verify_piece(self, piece: int) -> bool:
+        raise NotImplementedError
+
+    def piece_verified(self, piece: int) -> None:
+        """Hook: a piece was verified and announced."""
+
+    def write_block(self, piece: int, begin: int, data: bytes) -> None:
+        raise NotImplementedError
+
+    def read(self, piece: int, begin: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Disconnect every peer; the session forgets the swarm."""
+        self.closed = True
+        for peer in list(self.peers):
+            peer.close("swarm closed")
+
+
+class TorrentSwarm(Swarm):
+    """A standard v1 torrent (fixed-size pieces, SHA1): the interop path."""
+
+    def __init__(self, session: Session, meta: Metainfo, directory: Path) -> None:
+        super().__init__(session, meta.info_hash, meta.name, meta.layout)
+        self.meta = meta
+        self.store = TorrentStore(meta.layout, directory, [f.path for f in meta.files])
+        self.complete = Event()
+        for piece in range(meta.layout.num_pieces):  # recheck: seed what is on disk
+            if self.verify_piece(piece):
+                self.have.add(piece)
+        for file_index in range(meta.layout.num_files):
+            self.picker.set_file_priority(file_index, NORMAL)
+        if self.have.complete:
+            self.complete.set()
+        log.info("%s: %d of %d pieces on disk", self, len(self.have), meta.layout.num_pieces)
+
+    def verify_piece(self, piece: int) -> bool:
+        return hashlib.sha1(self.store.piece(piece)).digest() == self.meta.piece_hash(piece)
+
+    def write_block(self, piece: int, begin: int, data: bytes) -> None:
+        self.store.write(piece, begin, data)
+
+    def read(self, piece: int, begin: int, length: int) -> bytes:
+        return self.store.read(piece, begin, length)
+
+    def piece_verified(self, piece: int) -> None:
+        if self.have.complete and not self.complete.is_set():
+            log.info("%s: complete", self)
+            self.complete.set()
+            self.session.swarm_completed(self)
+
+    def close(self) -> None:
+        super().close()
+        self.store.close()

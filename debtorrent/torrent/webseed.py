@@ -1,0 +1,105 @@
+"""The mirror as an HTTP seed (BEP 19 style) for one file of a package swarm.
+
+The URL is the archive root plus the index's ``Filename``. A fetch asks with ``Range``
+for the part from the first missing piece; a mirror that ignores ``Range`` (the real
+one reachable here answers 200 with the whole body) is read as a stream, skipping what
+is already had. Each piece is handed to the swarm as soon as it is complete, so peers
+waiting on this daemon get it while the rest is still coming.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import gevent
+
+from debtorrent.errors import DebtorrentError, MirrorError, VerificationError
+
+if TYPE_CHECKING:
+    from debtorrent.torrent.packages import PackageSwarm
+    from debtorrent.torrent.peer import PeerConnection
+
+__all__ = ["MirrorFetch"]
+
+log = logging.getLogger(__name__)
+
+
+class MirrorFetch:
+    """One file streaming from the mirror into its swarm."""
+
+    def __init__(self, swarm: PackageSwarm, file_index: int) -> None:
+        self.swarm = swarm
+        self.file_index = file_index
+        root = swarm.loaded.release.root
+        filename = swarm.index.filenames[file_index]
+        path = f"{root}/{filename}" if root else filename
+        self.url = f"http://{swarm.loaded.mirror}/{quote(path, safe='/~+:@!$&()*,;=')}"
+        self.started_ms = int(time.time() * 1000)
+        self.yielded = False
+        self.greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        self.greenlet = gevent.spawn(self._run)
+
+    def yield_to(self, peer: PeerConnection) -> None:
+        """Another daemon fetches this file and wins the tie-break: stop, keep pieces."""
+        self.yielded = True
+
+    def stop(self) -> None:
+        if self.greenlet is not None:
+            self.greenlet.kill(block=False)
+
+    def _run(self) -> None:
+        error: DebtorrentError | None = None
+        try:
+            self._transfer()
+        except DebtorrentError as exc:
+            error = exc
+            log.warning("%s: mirror fetch of %s failed: %s", self.swarm, self.url, exc)
+        finally:
+            if self.yielded and error is None:
+                error = MirrorError(self.url, "left to another daemon")
+            self.swarm.mirror_done(self, error)
+
+    def _transfer(self) -> None:
+        swarm = self.swarm
+        layout = swarm.layout
+        pieces = layout.file_pieces(self.file_index)
+        size = layout.file_size(self.file_index)
+        file_offset = layout.file_offset(self.file_index)
+        first = next((p for p in pieces if p not in swarm.have), None)
+        if first is None:
+            return
+        offset = layout.piece_offset(first) - file_offset
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        response = swarm.session.mirror.get(self.url, headers)
+        position = response.start if response.status == 206 else 0
+        if response.status == 206 and position != offset:
+            response.release()
+            raise MirrorError(self.url, f"asked for byte {offset}, got {position}")
+        if response.length is not None and position + response.length != size:
+            response.release()
+            raise VerificationError(
+                self.url, f"mirror sends {position + response.length} bytes, index says {size}"
+            )
+        piece = pieces.start + position // layout.piece_length if pieces else 0
+        buffer = bytearray()
+        for chunk in response.chunks():
+            if self.yielded:
+                response.release()
+                return
+            buffer += chunk
+            while piece < pieces.stop and len(buffer) >= layout.piece_size(piece):
+                piece_size = layout.piece_size(piece)
+                data = bytes(buffer[:piece_size])
+                del buffer[:piece_size]
+                swarm.mirror_piece(self, piece, data)
+                piece += 1
+            if len(buffer) and piece >= pieces.stop:
+                raise VerificationError(self.url, "longer than the index says")
+        if piece < pieces.stop:
+            raise MirrorError(self.url, f"body ended at piece {piece - pieces.start}")
+        log.info("%s: fetched %s from the mirror", swarm, self.url)
