@@ -222,7 +222,10 @@ class Session:
                 for message in decoder.feed(data):
                     handshake = message
         except ProtocolError as exc:
-            self.strike(ip, str(exc))
+            # not struck: an encrypted (MSE) handshake looks like this, and libtorrent
+            # tries one first by default before falling back to plain BitTorrent
+            self.counters["bad_handshakes"] += 1
+            log.debug("peer %s: %s", ip, exc)
             sock.close()
             return
         except OSError:
