@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import time
 
 import gevent
 from gevent.event import Event
@@ -25,6 +26,7 @@ from debtorrent.config import Config
 from debtorrent.errors import DebtorrentError
 from debtorrent.fetch import Fetcher
 from debtorrent.mirror import Mirror
+from debtorrent.status import status_json_app
 from debtorrent.torrent.manager import SwarmManager
 from debtorrent.torrent.session import Session, SessionSettings
 
@@ -58,6 +60,8 @@ class Daemon:
         self.session = Session(session_settings(config), self.mirror)
         self.swarms = SwarmManager(self.session, self.archive, self.cache, config.old_swarm_keep)
         self.proxy.package_source = self.swarms.fetch
+        self.app.routes["/status.json"] = status_json_app(self)
+        self.started = time.monotonic()
         self.server: AptServer | None = None
         self.stopped = Event()
 
