@@ -7,7 +7,7 @@ TEST_DEBS := apt apt-utils gnupg dpkg-dev opentracker nginx-light aria2 xz-utils
 	zstd lz4 groff-base man-db
 ARGS ?=
 
-.PHONY: run test lint format unit debs venv bench-serve bench clean
+.PHONY: run test lint format unit debs venv bench-serve bench-swarm bench-fleet bench-index bench clean
 
 venv: $(VENV)/.stamp
 
@@ -50,6 +50,17 @@ unit: venv
 
 bench-serve: venv debs
 	$(PY) bench/serve.py
+
+bench-swarm: venv debs
+	$(PY) bench/swarm.py
+
+bench-fleet: venv debs
+	$(PY) bench/fleet.py
+
+bench-index: venv
+	$(PY) bench/index.py
+
+bench: bench-serve bench-swarm bench-fleet bench-index
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
