@@ -185,6 +185,7 @@ class PackageSwarm(Swarm):
                 last_done, last_change = done, now
             if file_index in self.fetches:
                 continue
+            self._ask_hashes(file_index)  # a fetcher's list grows as its pieces arrive
             stalled = now - last_change >= settings.http_seed_delay
             slow = False
             if now - window_start >= max(settings.http_seed_delay, 1.0):

@@ -360,7 +360,8 @@ class PeerConnection:
         self.snubbed = False
         self.down.add(len(msg.block))
         self.swarm.on_block(self, msg.index, msg.begin, msg.block)
-        self.request_more()
+        if len(self.requested) <= min(PIPELINE, self.reqq) // 2:
+            self.request_more()  # in batches: each pick ranks every wanted piece
 
     def _on_extended(self, msg: wire.Extended) -> None:
         if msg.ext_id == 0:
