@@ -292,9 +292,15 @@ class Picker:
         have = self.have
         return all(p in have for p in self.layout.file_pieces(file_index))
 
-    def interesting(self, peer_has: Container[int]) -> bool:
-        """Whether the peer has a piece we want: send ``interested`` if so."""
-        return any(p in peer_has for p in self._wanted)
+    def interesting(self, peer_has: Container[int], *, only: Container[int] | None = None) -> bool:
+        """Whether the peer has a piece we want (and that is in *only*, if given).
+
+        Send ``interested`` if so. *only* is the same restriction as in :meth:`pick`, e.g.
+        the pieces whose hashes are known.
+        """
+        if only is None:
+            return any(p in peer_has for p in self._wanted)
+        return any(p in peer_has and p in only for p in self._wanted)
 
     # --- picking ----------------------------------------------------------------------------
 

@@ -116,6 +116,8 @@ def test_nothing_enabled_nothing_picked() -> None:
     picker.set_file_priority(0, NORMAL)
     assert picker.interesting(everything(4))
     assert not picker.interesting(pieces("    "))
+    assert picker.interesting(pieces("  * "), only={2})
+    assert not picker.interesting(pieces("  * "), only={1, 3})
 
 
 def test_blocks_of_a_piece_in_order_and_the_last_one_shorter() -> None:
