@@ -123,10 +123,12 @@ def apt_factory(tmp_path: Path, repo: Repo) -> AptFactory:
 # ---- daemons --------------------------------------------------------------------------------
 @pytest.fixture
 def daemon_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
-    """``daemon_factory(*extra_args, bind=None, port=None, cache_dir=None, start=True)``.
+    """``daemon_factory(*extra_args, bind=None, port=None, cache_dir=None, peer_port=None,
+    start=True, timeout=15.0) -> Daemon``.
 
-    Each daemon gets its own 127.0.0.(10+i) address and directory; all are stopped at
-    teardown, and their log tails are added to the report of a failing test.
+    Each daemon gets its own 127.0.0.(10+i) address (apt and peer side), free ports and
+    directory; all are stopped at teardown, and their log tails are added to the report
+    of a failing test.
     """
     started: list[Daemon] = []
     request.node.dt_daemons = started
@@ -136,6 +138,7 @@ def daemon_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
         bind: str | None = None,
         port: int | None = None,
         cache_dir: Path | None = None,
+        peer_port: int | None = None,
         start: bool = True,
         timeout: float = 15.0,
     ) -> Daemon:
@@ -145,6 +148,7 @@ def daemon_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
             bind=bind or loopback_host(10 + i),
             port=port,
             cache_dir=cache_dir,
+            peer_port=peer_port,
             extra_args=extra_args,
             name=f"daemon{i}",
         )

@@ -370,6 +370,7 @@ def test_daemon_fixture_reports_a_daemon_that_cannot_start(daemon_factory) -> No
 def test_daemon_fixture_starts_stops_and_restarts(daemon_factory) -> None:
     d = daemon_factory()
     assert port_open(d.bind, d.port)
+    assert port_open(d.bind, d.peer_port) and d.peer_address == f"{d.bind}:{d.peer_port}"
     assert d.url == f"http://{d.bind}:{d.port}"
     d.restart()
     assert port_open(d.bind, d.port)
