@@ -105,11 +105,7 @@ class Swarm:
 
     def interesting(self, peer: PeerConnection) -> bool:
         """Whether the peer has a piece we want and can verify."""
-        verifiable = self.verifiable()
-        return any(
-            p in peer.has and (verifiable is None or p in verifiable)
-            for p in self.picker._wanted
-        )
+        return self.picker.interesting(peer.has, only=self.verifiable())
 
     def verifiable(self) -> Container[int] | None:
         """Pieces we could check if we had them; None means all (v1)."""
