@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +99,7 @@ class Cache:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self._root = str(self.root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -108,15 +110,19 @@ class Cache:
 
         ``path`` is already normalised (no ``..``); the check here is a second lock.
         """
-        full = self.root / mirror / path
-        if ".." in Path(mirror, path).parts or mirror.startswith(("/", ".")):
+        if mirror.startswith(("/", ".")) or path.startswith("/") or ".." in path.split("/"):
             raise CacheError(f"{mirror}/{path}: refusing a path outside the cache")
-        return full
+        return Path(self._root, mirror, path)
 
     def get(self, mirror: str, path: str) -> Path | None:
-        """The complete cached file, if there is one."""
+        """The complete cached file, if there is one (asked on every request: kept cheap)."""
         full = self.path(mirror, path)
-        return full if full.is_file() else None
+        try:
+            return full if stat.S_ISREG(os.stat(full).st_mode) else None
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise _cache_error(str(full), exc) from None
 
     def create(self, mirror: str, path: str) -> TempFile:
         """Start writing ``path``; nothing is visible until the result is committed."""

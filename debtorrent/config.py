@@ -201,6 +201,14 @@ OPTIONS: tuple[Option, ...] = (
         metavar="DIR",
     ),
     Option(
+        "state-dir",
+        "path",
+        "~/.local/state/debtorrent",
+        "Directory for the checkpoint (all-time counters), written every minute and at exit.",
+        _path,
+        metavar="DIR",
+    ),
+    Option(
         "allowed-clients",
         "networks",
         "127.0.0.0/8 ::1",
@@ -340,6 +348,8 @@ class Config:
     """The effective configuration: one typed attribute per option."""
 
     values: dict[str, Any] = field(default_factory=dict)
+    _clients: dict[str, bool] = field(default_factory=dict, repr=False)
+    _mirrors: dict[str, bool] = field(default_factory=dict, repr=False)
 
     def __getattr__(self, attr: str) -> Any:
         try:
@@ -349,6 +359,14 @@ class Config:
 
     def mirror_allowed(self, host: str) -> bool:
         """Whether ``host`` (``name`` or ``name:port``, lower case) may be fetched from."""
+        known = self._mirrors.get(host)
+        if known is None:
+            if len(self._mirrors) > 1024:
+                self._mirrors.clear()
+            known = self._mirrors[host] = self._mirror_allowed(host)
+        return known
+
+    def _mirror_allowed(self, host: str) -> bool:
         name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
         return any(
             fnmatch.fnmatchcase(host, pat) or fnmatch.fnmatchcase(name, pat)
@@ -356,7 +374,15 @@ class Config:
         )
 
     def client_allowed(self, address: str) -> bool:
-        """Whether a client at ``address`` may use the proxy."""
+        """Whether a client at ``address`` may use the proxy (asked on every request)."""
+        known = self._clients.get(address)
+        if known is None:
+            if len(self._clients) > 4096:
+                self._clients.clear()
+            known = self._clients[address] = self._client_allowed(address)
+        return known
+
+    def _client_allowed(self, address: str) -> bool:
         try:
             addr = ipaddress.ip_address(address.split("%", 1)[0])
         except ValueError:
@@ -423,6 +449,9 @@ def load_config(
             values[opt.attr] = _parse(opt, opt.default, f"default {opt.name}")
     if not values["cache_dir"] or values["cache_dir"] == _path("~/.cache/debtorrent"):
         values["cache_dir"] = _default_cache_dir()
+    if not values["state_dir"] or values["state_dir"] == _path("~/.local/state/debtorrent"):
+        base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+        values["state_dir"] = os.path.join(base, "debtorrent")
     return Config(values)
 
 

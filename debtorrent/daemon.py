@@ -26,6 +26,7 @@ from debtorrent.config import Config
 from debtorrent.errors import DebtorrentError
 from debtorrent.fetch import Fetcher
 from debtorrent.mirror import Mirror
+from debtorrent.state import State
 from debtorrent.status import status_json_app
 from debtorrent.torrent.manager import SwarmManager
 from debtorrent.torrent.session import Session, SessionSettings
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+CHECKPOINT_INTERVAL = 60.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -61,13 +63,16 @@ class Daemon:
         self.swarms = SwarmManager(self.session, self.archive, self.cache, config.old_swarm_keep)
         self.proxy.package_source = self.swarms.fetch
         self.app.routes["/status.json"] = status_json_app(self)
+        self.state = State(config.state_dir)
         self.started = time.monotonic()
         self.server: AptServer | None = None
+        self._checkpointer: gevent.Greenlet | None = None
         self.stopped = Event()
 
     def start(self) -> None:
         """Load what the cache holds, then open the apt port."""
         self.cache.sweep_temporaries()
+        self.state.load()
         self.session.start()
         loaded = self.archive.load_saved()
         log.info("loaded %d saved Packages indexes from %s", loaded, self.cache.root)
@@ -79,14 +84,25 @@ class Daemon:
             error_log=logging.getLogger("debtorrent.http"),
         )
         self.server.start()
+        self._checkpointer = gevent.spawn(self._checkpoint_loop)
         log.info("debtorrent %s: apt side on %s port %d", __version__, bind, self.config.port)
 
+    def _checkpoint_loop(self) -> None:
+        while True:
+            gevent.sleep(CHECKPOINT_INTERVAL)
+            self.state.save(self.session.counters)
+
     def stop(self) -> None:
-        """Close the servers and upstream connections; idempotent."""
+        """Close the servers, checkpoint, close upstream connections; idempotent."""
+        if self.stopped.is_set():
+            return
         if self.server is not None:
             self.server.stop(timeout=2)
             self.server = None
+        if self._checkpointer is not None:
+            self._checkpointer.kill(block=False)
         self.session.stop()
+        self.state.save(self.session.counters)
         self.mirror.close()
         self.stopped.set()
 
@@ -152,6 +168,10 @@ def run(config: Config) -> int:
     except OSError as exc:
         print(f"debtorrent: error: log-file: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    stop_requested = Event()  # handlers first: a SIGTERM during start-up is not lost
+    gevent.signal_handler(signal.SIGTERM, stop_requested.set)
+    gevent.signal_handler(signal.SIGINT, stop_requested.set)
+    gevent.signal_handler(signal.SIGHUP, _reopen_log, handler)
     try:
         daemon = Daemon(config)
         daemon.start()
@@ -163,9 +183,8 @@ def run(config: Config) -> int:
         log.error("cannot start: %s", exc)
         print(f"debtorrent: error: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
-    gevent.signal_handler(signal.SIGTERM, daemon.stop)
-    gevent.signal_handler(signal.SIGINT, daemon.stop)
-    gevent.signal_handler(signal.SIGHUP, _reopen_log, handler)
-    daemon.stopped.wait()
+    stop_requested.wait()
+    log.info("stopping")
+    daemon.stop()
     log.info("stopped")
     return EXIT_OK

@@ -54,6 +54,11 @@ def snapshot(daemon: Daemon) -> dict[str, Any]:
             "bans": counters["bans"],
             "protocol_errors": counters["protocol_errors"],
         },
+        "all_time": {
+            "bytes_from_peers": daemon.state.totals(counters)["peers"],
+            "bytes_from_mirror": daemon.state.totals(counters)["mirror"],
+            "bytes_uploaded": daemon.state.totals(counters)["uploaded"],
+        },
         "swarms": swarms,
         "connections": len(session.connections),
     }

@@ -11,6 +11,7 @@ waits ~40 ms for a delayed ACK (265 instead of ~4,700 requests/s here).
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import socket
@@ -34,8 +35,9 @@ class RangeNotSatisfiable(Exception):
     """A Range that lies wholly outside the file: answered 416."""
 
 
+@functools.lru_cache(maxsize=4096)
 def http_date(timestamp: float) -> str:
-    """An RFC 7231 date, as Last-Modified wants."""
+    """An RFC 7231 date, as Last-Modified wants (cached: cache files' dates repeat)."""
     return formatdate(timestamp, usegmt=True)
 
 

@@ -23,6 +23,7 @@ _HOST_RE = re.compile(
 )
 _IPV6_RE = re.compile(r"^\[[0-9a-f:.]+\]$")
 _MAX_PATH = 4096
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\\\]")
 
 
 class FileClass(enum.Enum):
@@ -61,16 +62,14 @@ class Target:
 
 def _decode_once(raw: str) -> str:
     """Percent-decode exactly once, refusing what no file name should contain."""
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in raw):
-        raise BadRequestError("control character in request target")
-    try:
-        text = unquote_to_bytes(raw).decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequestError("request target is not UTF-8") from None
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        raise BadRequestError("control character in request target")
-    if "\\" in text:
-        raise BadRequestError("backslash in request target")
+    text = raw
+    if "%" in raw:
+        try:
+            text = unquote_to_bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequestError("request target is not UTF-8") from None
+    if _FORBIDDEN.search(raw) or _FORBIDDEN.search(text):
+        raise BadRequestError("control character or backslash in request target")
     return text
 
 
