@@ -33,7 +33,11 @@ GENMAN = ROOT / "tools" / "genman.py"
 #: Options that docopt handles itself: in the usage and the man page, not in the table.
 BUILTIN = {"help": None, "version": None}
 #: The Debian system service's own values in /etc/debtorrent.conf.
-SYSTEM_VALUES = {"cache-dir": "/var/cache/debtorrent", "bind": "127.0.0.1"}
+SYSTEM_VALUES = {
+    "cache-dir": "/var/cache/debtorrent",
+    "state-dir": "/var/lib/debtorrent",
+    "bind": "127.0.0.1",
+}
 
 CLI_TABLE = {**BUILTIN, **{opt.name: opt.default for opt in OPTIONS}}
 KEY_TABLE = {opt.name: opt.default for opt in OPTIONS if not opt.cli_only}
