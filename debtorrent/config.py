@@ -140,6 +140,20 @@ def _rate(text: str) -> float:
     return _float(number) * factor
 
 
+def _size(text: str) -> int:
+    """Bytes, with an optional K/M/G/T suffix (powers of 1024, as disk sizes are)."""
+    raw = text.strip()
+    factor = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}.get(raw[-1:].lower(), 1)
+    number = raw[:-1] if factor != 1 else raw
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size (like 20G)") from None
+    if not 0 <= value < float(1 << 60):
+        raise ValueError(f"{text!r} is not a size (like 20G)")
+    return int(value * factor)
+
+
 def _default_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "debtorrent")
@@ -199,6 +213,23 @@ OPTIONS: tuple[Option, ...] = (
         "Directory holding the cache, laid out like the mirrors it copies.",
         _path,
         metavar="DIR",
+    ),
+    Option(
+        "cache-limit",
+        "size",
+        "0",
+        "Largest size of the cache (K, M, G, T suffixes); least used packages go first. "
+        "0 for no limit.",
+        _size,
+        metavar="SIZE",
+    ),
+    Option(
+        "expire-interval",
+        "seconds",
+        "3600",
+        "Seconds between expiry runs (packages no loaded index lists; the size limit).",
+        _positive_float,
+        metavar="SECS",
     ),
     Option(
         "state-dir",

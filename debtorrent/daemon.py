@@ -24,6 +24,7 @@ from debtorrent.archive.indexes import Archive
 from debtorrent.cache import Cache
 from debtorrent.config import Config
 from debtorrent.errors import DebtorrentError
+from debtorrent.expiry import Expiry
 from debtorrent.fetch import Fetcher
 from debtorrent.mirror import Mirror
 from debtorrent.state import State
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_FAILURE = 1
 CHECKPOINT_INTERVAL = 60.0
+EXPIRY_FIRST = 60.0  # seconds after start: apt's first update reloads what is listed
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -64,9 +66,11 @@ class Daemon:
         self.proxy.package_source = self.swarms.fetch
         self.app.routes["/status.json"] = status_json_app(self)
         self.state = State(config.state_dir)
+        self.expiry = Expiry(self.cache, self.archive, config.cache_limit, self.swarms.forget)
         self.started = time.monotonic()
         self.server: AptServer | None = None
         self._checkpointer: gevent.Greenlet | None = None
+        self._expirer: gevent.Greenlet | None = None
         self.stopped = Event()
 
     def start(self) -> None:
@@ -85,7 +89,17 @@ class Daemon:
         )
         self.server.start()
         self._checkpointer = gevent.spawn(self._checkpoint_loop)
+        self._expirer = gevent.spawn(self._expiry_loop)
         log.info("debtorrent %s: apt side on %s port %d", __version__, bind, self.config.port)
+
+    def _expiry_loop(self) -> None:
+        gevent.sleep(min(EXPIRY_FIRST, self.config.expire_interval))
+        while True:
+            try:
+                self.expiry.run()
+            except OSError as exc:
+                log.warning("expiry failed: %s", exc)
+            gevent.sleep(self.config.expire_interval)
 
     def _checkpoint_loop(self) -> None:
         while True:
@@ -99,8 +113,9 @@ class Daemon:
         if self.server is not None:
             self.server.stop(timeout=2)
             self.server = None
-        if self._checkpointer is not None:
-            self._checkpointer.kill(block=False)
+        for greenlet in (self._checkpointer, self._expirer):
+            if greenlet is not None:
+                greenlet.kill(block=False)
         self.session.stop()
         self.state.save(self.session.counters)
         self.mirror.close()

@@ -83,6 +83,18 @@ class SwarmManager:
         timeout = max(MIN_WAIT, match.entry.size / SLOWEST_RATE)
         return request.wait(timeout)
 
+    def forget(self, mirror: str, path: str) -> None:
+        """A cached file was removed (expiry): stop offering it to peers."""
+        for swarm in self.swarms.values():
+            if swarm.loaded.mirror != mirror:
+                continue
+            root = swarm.loaded.release.root
+            if root and not path.startswith(root + "/"):
+                continue
+            file_index = swarm.index.positions.get(path[len(root) + 1 :] if root else path)
+            if file_index is not None:
+                swarm.forget_file(file_index)
+
     def _file_completed(self, swarm: Swarm, file_index: int) -> None:
         """Seed a file in every other swarm that lists it at the same place."""
         if not isinstance(swarm, PackageSwarm):

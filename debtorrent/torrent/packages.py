@@ -149,6 +149,15 @@ class PackageSwarm(Swarm):
             for piece in self.layout.file_pieces(file_index):
                 self.add_piece(piece)
 
+    def forget_file(self, file_index: int) -> None:
+        """The cached copy was removed: its pieces are no longer ours to upload."""
+        if file_index in self.requests or file_index in self.fetches:
+            return
+        for piece in self.layout.file_pieces(file_index):
+            self.have.discard(piece)
+        self.hashes.pop(file_index, None)
+        self.hash_giver.pop(file_index, None)
+
     # --- what apt asks for -------------------------------------------------------------
 
     def request(self, file_index: int) -> FileRequest:
