@@ -7,7 +7,7 @@ TEST_DEBS := apt apt-utils gnupg dpkg-dev opentracker nginx-light aria2 xz-utils
 	zstd lz4 groff-base man-db
 ARGS ?=
 
-.PHONY: run test lint format unit debs venv bench-serve bench-swarm bench-fleet bench-index bench clean
+.PHONY: run test lint format unit debs venv bench-serve bench-swarm bench-fleet bench-index bench-load bench clean
 
 venv: $(VENV)/.stamp
 
@@ -60,7 +60,10 @@ bench-fleet: venv debs
 bench-index: venv
 	$(PY) bench/index.py
 
-bench: bench-serve bench-swarm bench-fleet bench-index
+bench-load: venv debs
+	$(PY) bench/load.py $(ARGS)
+
+bench: bench-serve bench-swarm bench-fleet bench-index bench-load
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
