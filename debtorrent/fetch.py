@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Protocol
 
 import gevent
 from gevent.event import Event
@@ -26,7 +27,7 @@ from debtorrent.cache import Cache, TempFile
 from debtorrent.errors import DebtorrentError, MirrorError, VerificationError
 from debtorrent.mirror import Mirror
 
-__all__ = ["Download", "Expected", "Fetcher"]
+__all__ = ["Download", "Expected", "Fetcher", "Transfer"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,24 @@ class Expected:
 
     size: int
     sha256: str  # lower-case hex
+
+
+class Transfer(Protocol):
+    """What the apt side streams from: a mirror :class:`Download` or a swarm's file.
+
+    ``read`` returns the next bytes at an offset, ``b""`` at the verified end, and
+    raises if the transfer failed; the last byte is never readable before the whole
+    file is verified.
+    """
+
+    mirror: str
+    path: str
+    length: int | None
+    last_modified: float | None
+
+    def wait_headers(self, timeout: float) -> None: ...
+
+    def read(self, offset: int, size: int, timeout: float) -> bytes: ...
 
 
 # Called with the download and its complete, verified temporary file before it is

@@ -24,10 +24,10 @@ from debtorrent.apt.serve import (
     parse_http_date,
     parse_range,
 )
-from debtorrent.apt.urls import parse_target
+from debtorrent.apt.urls import classify, parse_target
 from debtorrent.config import Config
 from debtorrent.errors import DebtorrentError, ForbiddenError
-from debtorrent.fetch import Download
+from debtorrent.fetch import Transfer
 
 __all__ = ["AptApp"]
 
@@ -76,8 +76,13 @@ class AptApp:
         self.proxy = proxy
         self.routes: dict[str, Route] = dict(routes or {})
         self.read_timeout = max(config.http_timeout * 2, 10.0)
+        # Told of each proxied answer as it starts: (file class, status, body bytes);
+        # the status page counts requests and bytes sent to apt with it.
+        self.on_request: Callable[[str, int, int], None] | None = None
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        if self.on_request is not None:
+            start_response = _counting(self.on_request, environ, start_response)
         try:
             return self._handle(environ, start_response)
         except DebtorrentError as exc:
@@ -104,6 +109,7 @@ class AptApp:
         if route is not None:
             return route(environ, start_response)
         target = parse_target(raw)
+        environ["debtorrent.class"] = classify(target.path).value
         if not self.config.mirror_allowed(target.mirror):
             raise ForbiddenError(f"mirror {target.mirror} not allowed")
         result = self.proxy.resolve(target)
@@ -164,7 +170,7 @@ class AptApp:
         return FileBody(fd, start, end)
 
     def _stream(
-        self, environ: dict, start_response: StartResponse, download: Download
+        self, environ: dict, start_response: StartResponse, download: Transfer
     ) -> Iterable[bytes]:
         headers = [("Content-Type", _content_type(download.path))]
         if download.length is not None:
@@ -176,7 +182,7 @@ class AptApp:
             return []
         return self._body(download, start_response)
 
-    def _body(self, download: Download, start_response: StartResponse) -> Iterator[bytes]:
+    def _body(self, download: Transfer, start_response: StartResponse) -> Iterator[bytes]:
         """The download's bytes as they become readable; an error cuts the transfer.
 
         Before the first byte the status can still change (WSGI's ``exc_info``), so an
@@ -204,6 +210,27 @@ class AptApp:
                 yield body
                 return
             raise ConnectionAbortedError(errno.ECONNABORTED, "transfer cut") from None
+
+
+def _counting(
+    hook: Callable[[str, int, int], None], environ: dict, start_response: StartResponse
+) -> StartResponse:
+    """``start_response`` that first tells ``hook`` of an answer to a parsed target.
+
+    Routes and requests refused before their target is parsed carry no class and are
+    not counted; the body size is the announced Content-Length (none for HEAD).
+    """
+
+    def counted(status: str, headers: list[tuple[str, str]], exc_info=None):
+        cls = environ.get("debtorrent.class")
+        if cls is not None and exc_info is None:
+            size = 0
+            if environ.get("REQUEST_METHOD") != "HEAD":
+                size = next((int(v) for k, v in headers if k == "Content-Length"), 0)
+            hook(cls, int(status[:3]), size)
+        return start_response(status, headers, exc_info)
+
+    return counted
 
 
 def _loggable(text: str) -> str:

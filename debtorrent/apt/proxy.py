@@ -26,7 +26,7 @@ from debtorrent.errors import (
     MirrorNotFoundError,
     NotFoundError,
 )
-from debtorrent.fetch import Download, Expected, Fetcher
+from debtorrent.fetch import Download, Expected, Fetcher, Transfer
 
 __all__ = ["Cached", "Proxy"]
 
@@ -42,9 +42,10 @@ class Cached:
 
 
 # A hook the swarm layer installs: given a package request matched to an index entry,
-# it blocks until the file is verified in the cache and returns its path (None: no
-# swarm has it). Without the hook, packages come straight from the mirror.
-PackageSource = Callable[[PackageMatch], "Path | None"]
+# it returns the cached path of a complete file, or a transfer to stream while the
+# swarm verifies it (None: no swarm has it). Without the hook, packages come straight
+# from the mirror.
+PackageSource = Callable[[PackageMatch], "Path | Transfer | None"]
 
 
 class Proxy:
@@ -59,7 +60,7 @@ class Proxy:
         self.header_timeout = header_timeout
         self.package_source: PackageSource | None = None
 
-    def resolve(self, target: Target) -> Cached | Download:
+    def resolve(self, target: Target) -> Cached | Transfer:
         """The file apt asked for, by the rules of its class."""
         cls = classify(target.path)
         if cls is FileClass.PDIFF:
@@ -130,7 +131,7 @@ class Proxy:
         download.wait_headers(self.header_timeout)
         return download
 
-    def _package(self, target: Target) -> Cached | Download:
+    def _package(self, target: Target) -> Cached | Transfer:
         match = self.archive.lookup(target.mirror, target.path)
         if match is None:
             log.info("%s: in no loaded index; passed through, not cached", target)
@@ -143,9 +144,11 @@ class Proxy:
         if cached is not None and _size(cached) == entry.size:
             return Cached(cached)
         if self.package_source is not None:
-            path = self.package_source(match)
-            if path is not None:
-                return Cached(path, "swarm")
+            result = self.package_source(match)
+            if isinstance(result, Path):
+                return Cached(result, "swarm")
+            if result is not None:
+                return result
         download = self.fetcher.fetch(target.mirror, target.path, target.url, expected=expected)
         download.wait_headers(self.header_timeout)
         return download

@@ -17,16 +17,13 @@ import gevent
 
 from debtorrent.archive.indexes import Archive, LoadedIndex, PackageMatch
 from debtorrent.cache import Cache
-from debtorrent.torrent.packages import PackageSwarm
+from debtorrent.torrent.packages import FileRequest, PackageSwarm
 from debtorrent.torrent.session import Session
 from debtorrent.torrent.swarm import Swarm
 
 __all__ = ["SwarmManager"]
 
 log = logging.getLogger(__name__)
-
-MIN_WAIT = 600.0
-SLOWEST_RATE = 50_000.0  # bytes/s under which a request gives up (504)
 
 
 class SwarmManager:
@@ -68,11 +65,10 @@ class SwarmManager:
             del self.swarms[digest]
         self.session.remove_swarm(swarm)
 
-    def fetch(self, match: PackageMatch) -> Path | None:
-        """The verified file for a package request, through its swarm; blocks.
-
-        None when no swarm holds the index (the proxy then uses the mirror directly).
-        """
+    def fetch(self, match: PackageMatch) -> Path | FileRequest | None:
+        """The package through its swarm: its cached path when complete, else the
+        request to stream from; None when no swarm holds the index (the proxy then
+        fetches from the mirror itself)."""
         swarm = self.swarms.get(match.loaded.index.sha256)
         if swarm is None:
             return None
@@ -80,8 +76,7 @@ class SwarmManager:
         if file_index is None:
             return None
         request = swarm.request(file_index)
-        timeout = max(MIN_WAIT, match.entry.size / SLOWEST_RATE)
-        return request.wait(timeout)
+        return request.final if request.done else request
 
     def forget(self, mirror: str, path: str) -> None:
         """A cached file was removed (expiry): stop offering it to peers."""

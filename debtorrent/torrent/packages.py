@@ -28,7 +28,12 @@ from gevent.event import Event
 
 from debtorrent.archive.indexes import LoadedIndex
 from debtorrent.cache import Cache
-from debtorrent.errors import DebtorrentError, ProtocolError, VerificationError
+from debtorrent.errors import (
+    DebtorrentError,
+    MirrorTimeoutError,
+    ProtocolError,
+    VerificationError,
+)
 from debtorrent.torrent import wire
 from debtorrent.torrent.layout import LAYOUT1_PIECE_LENGTH, Layout
 from debtorrent.torrent.metainfo import swarm_info_hash
@@ -51,26 +56,92 @@ MAX_ATTEMPTS = 2  # whole-file failures before apt is told
 
 
 class FileRequest:
-    """What apt's request waits on: set once the file is verified (or has failed)."""
+    """A file apt asked for, on its way through the swarm; apt is streamed from it.
 
-    def __init__(self, file_index: int) -> None:
+    Readers get the file's bytes as its pieces are verified, in order from the start,
+    but never the last byte before the whole file has matched the index SHA256
+    (:meth:`readable`). A file that fails that check fails this request (readers are
+    cut: what they got may be wrong); a retry is a new request.
+    """
+
+    def __init__(self, swarm: PackageSwarm, file_index: int, attempts: int = 0) -> None:
+        self.swarm = swarm
         self.file_index = file_index
+        root = swarm.loaded.release.root
+        filename = swarm.index.filenames[file_index]
+        self.mirror = swarm.loaded.mirror
+        self.path = f"{root}/{filename}" if root else filename
+        self.length = swarm.layout.file_size(file_index)
+        self.last_modified: float | None = None
         self.event = Event()
         self.error: DebtorrentError | None = None
-        self.path: Path | None = None
+        self.final: Path | None = None
         self.started = time.monotonic()
-        self.attempts = 0
+        self.attempts = attempts
+        self._pieces = swarm.layout.file_pieces(file_index)
+        self._prefix = 0  # bytes from the start of the file in verified pieces
+        self._next = self._pieces.start
+        self._changed = Event()
 
-    def wait(self, timeout: float | None) -> Path:
-        """Block until done; raise the failure, or a timeout as a 504-style error."""
-        if not self.event.wait(timeout):
-            from debtorrent.errors import MirrorTimeoutError
+    @property
+    def done(self) -> bool:
+        return self.event.is_set() and self.error is None
 
-            raise MirrorTimeoutError("swarm", "file not complete in time")
+    def notify(self) -> None:
+        """Pieces were verified (or the request ended): wake the readers."""
+        have = self.swarm.have
+        layout = self.swarm.layout
+        while self._next < self._pieces.stop and self._next in have:
+            self._prefix += layout.piece_size(self._next)
+            self._next += 1
+        changed, self._changed = self._changed, Event()
+        changed.set()
+
+    def finish(self, final: Path) -> None:
+        self.final = final
+        self.event.set()
+        self.notify()
+
+    def fail(self, error: DebtorrentError) -> None:
+        self.error = error
+        self.event.set()
+        self.notify()
+
+    def readable(self) -> int:
+        """Bytes a reader may have now: all once verified, else all but the last."""
+        if self.done:
+            return self.length
+        return min(self._prefix, self.length - 1)
+
+    def wait_headers(self, timeout: float) -> None:
+        """Nothing to wait for: the size is known from the index."""
+
+    def read(self, offset: int, size: int, timeout: float) -> bytes:
+        """Up to ``size`` bytes at ``offset``, waiting at most ``timeout`` for them."""
+        with gevent.Timeout(timeout, False):
+            while self.readable() <= offset and not self.event.is_set():
+                self._changed.wait()
         if self.error is not None:
             raise self.error
-        assert self.path is not None
-        return self.path
+        end = min(self.readable(), offset + size)
+        if end <= offset:
+            if self.done:
+                return b""
+            raise MirrorTimeoutError(self.path, "no progress from peers or mirror in time")
+        layout = self.swarm.layout
+        piece = self._pieces.start + offset // layout.piece_length
+        begin = offset % layout.piece_length
+        length = min(end - offset, layout.piece_size(piece) - begin)
+        return self.swarm.store.read(piece, begin, length)
+
+    def wait(self, timeout: float | None) -> Path:
+        """Block until done; raise the failure, or a timeout as a 504."""
+        if not self.event.wait(timeout):
+            raise MirrorTimeoutError(self.path, "file not complete in time")
+        if self.error is not None:
+            raise self.error
+        assert self.final is not None
+        return self.final
 
 
 class _Verifiable:
@@ -165,10 +236,9 @@ class PackageSwarm(Swarm):
         pending = self.requests.get(file_index)
         if pending is not None:
             return pending
-        request = FileRequest(file_index)
+        request = FileRequest(self, file_index)
         if self.file_complete(file_index) and self.store.has_file(file_index):
-            request.path = self.final_path(file_index)
-            request.event.set()
+            request.finish(self.final_path(file_index))
             return request
         self.requests[file_index] = request
         self.picker.set_file_priority(file_index, HIGH)
@@ -328,6 +398,9 @@ class PackageSwarm(Swarm):
         file_index = self.layout.piece_file(piece)
         if self.file_complete(file_index):
             self._file_done(file_index)
+        request = self.requests.get(file_index)
+        if request is not None:
+            request.notify()
 
     def _file_done(self, file_index: int) -> None:
         pieces = self.layout.file_pieces(file_index)
@@ -346,8 +419,7 @@ class PackageSwarm(Swarm):
         log.info("%s: %s complete", self, self.index.filenames[file_index])
         request = self.requests.pop(file_index, None)
         if request is not None:
-            request.path = path
-            request.event.set()
+            request.finish(path)
         self.session.file_completed(self, file_index)
 
     def _whole_file_failed(self, file_index: int) -> None:
@@ -357,14 +429,18 @@ class PackageSwarm(Swarm):
         if giver is not None:
             self._distrust(file_index, giver, "its hash list gave a file failing the index SHA256")
         self._reset_file(file_index)
-        request = self.requests.get(file_index)
+        request = self.requests.pop(file_index, None)
         if request is None:
             return
-        request.attempts += 1
-        if request.attempts >= MAX_ATTEMPTS:
-            self._fail(file_index, VerificationError(name, "SHA256 does not match the index"))
+        # readers got bytes of a bad file: cut them; apt's retry joins the new attempt
+        request.fail(VerificationError(name, "SHA256 does not match the index"))
+        if request.attempts + 1 >= MAX_ATTEMPTS:
+            self.picker.set_file_priority(file_index, DISABLED)
             return
+        retry = FileRequest(self, file_index, request.attempts + 1)
+        self.requests[file_index] = retry
         self.picker.set_file_priority(file_index, HIGH)
+        gevent.spawn(self._supervise, retry)
         self._start_mirror(file_index, force=True)
 
     def _distrust(self, file_index: int, giver: PeerConnection, why: str) -> None:
@@ -385,8 +461,7 @@ class PackageSwarm(Swarm):
         self.picker.set_file_priority(file_index, DISABLED)
         self.store.discard(file_index)
         if request is not None:
-            request.error = error
-            request.event.set()
+            request.fail(error)
 
     # --- piece hashes over dt_hashes ----------------------------------------------------
 
