@@ -175,7 +175,9 @@ class Proxy:
         listed = self.archive.expected(mirror, plain)
         if current is not None and listed is not None and current.index.sha256 == listed.sha256:
             return  # already loaded (apt asks for each index once per update)
-        self.archive.add_packages(mirror, index_path, decompress(data, compression_of(index_path)))
+        suffix = compression_of(index_path)
+        plain_data = decompress(data, suffix, listed.size) if listed else decompress(data, suffix)
+        self.archive.add_packages(mirror, index_path, plain_data)
 
 
 def _size(path: Path) -> int:

@@ -10,11 +10,11 @@ three such indexes (main, updates, security) must fit in well under 150 MB.
 from __future__ import annotations
 
 import bz2
-import gzip
 import hashlib
 import logging
 import lzma
 import re
+import zlib
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -75,28 +75,59 @@ class PackageIndex:
         return sum(self.sizes)
 
 
-def decompress(data: bytes, suffix: str) -> bytes:
-    """Uncompress an index by its file-name suffix (``""`` for none)."""
+def decompress(data: bytes, suffix: str, limit: int = _MAX_UNCOMPRESSED) -> bytes:
+    """Uncompress an index by its file-name suffix (``""`` for none).
+
+    Output beyond ``limit`` bytes is refused rather than produced: an index is checked
+    against its Release before it is uncompressed, but the Release itself is only as
+    trustworthy as the mirror until apt has checked its signature.
+    """
     try:
         if suffix == "":
-            return data
-        if suffix == ".gz":
-            return gzip.decompress(data)
-        if suffix == ".xz":
-            return lzma.decompress(data)
-        if suffix == ".bz2":
-            return bz2.decompress(data)
-        if suffix == ".lz4":
+            out = data
+        elif suffix == ".gz":
+            out = _gunzip(data, limit)
+        elif suffix == ".xz":
+            out = _whole(lzma.LZMADecompressor(), data, limit)
+        elif suffix == ".bz2":
+            out = _whole(bz2.BZ2Decompressor(), data, limit)
+        elif suffix == ".lz4":
             import lz4.frame
 
-            return lz4.frame.decompress(data)
-        if suffix == ".zst":
+            with lz4.frame.LZ4FrameDecompressor() as decompressor:
+                out = decompressor.decompress(data, max_length=limit + 1)
+        elif suffix == ".zst":
             import zstandard
 
-            return zstandard.ZstdDecompressor().decompress(data, max_output_size=_MAX_UNCOMPRESSED)
+            reader = zstandard.ZstdDecompressor().stream_reader(data)
+            out = reader.read(limit + 1)
+        else:
+            raise BadIndexError(f"unknown index compression {suffix!r}")
+    except BadIndexError:
+        raise
     except Exception as exc:  # each library raises its own error types
         raise BadIndexError(f"cannot uncompress {suffix or 'plain'} index: {exc}") from None
-    raise BadIndexError(f"unknown index compression {suffix!r}")
+    if len(out) > limit:
+        raise BadIndexError(f"{suffix} index uncompresses to more than {limit} bytes")
+    return out
+
+
+def _whole(decompressor, data: bytes, limit: int) -> bytes:
+    out = decompressor.decompress(data, limit + 1)
+    if len(out) <= limit and not decompressor.eof:
+        raise BadIndexError("compressed index is truncated")
+    return out
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """gzip members one after another (as ``gzip -d`` reads them), within ``limit``."""
+    out = bytearray()
+    rest = data
+    while rest and len(out) <= limit:
+        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out += _whole(decompressor, rest, limit - len(out))
+        rest = decompressor.unused_data
+    return bytes(out)
 
 
 def compression_of(path: str) -> str:

@@ -132,3 +132,21 @@ def test_clearsigned_release_is_unwrapped():
 def test_bad_release_is_a_clear_error(data):
     with pytest.raises(BadIndexError):
         parse_release("debian/dists/bookworm/InRelease", data)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "pack"), [(".gz", gzip.compress), (".xz", lzma.compress), (".bz2", bz2.compress)]
+)
+def test_truncated_or_oversized_index_is_refused(suffix, pack):
+    packed = pack(PACKAGES)
+    with pytest.raises(BadIndexError, match="truncated"):
+        decompress(packed[:-10], suffix)
+    with pytest.raises(BadIndexError, match="more than"):
+        decompress(packed, suffix, limit=len(PACKAGES) - 1)
+    assert decompress(packed, suffix, limit=len(PACKAGES)) == PACKAGES
+
+
+def test_multi_member_gzip_is_read_whole():
+    assert decompress(gzip.compress(PACKAGES[:100]) + gzip.compress(PACKAGES[100:]), ".gz") == (
+        PACKAGES
+    )
