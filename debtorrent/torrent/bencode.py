@@ -110,9 +110,14 @@ def _encode_into(obj: Any, out: list[bytes], depth: int) -> None:
 # --- decoding -----------------------------------------------------------------------------
 
 
-def decode(data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
-    """Decode exactly one bencoded value that fills all of *data*."""
-    value, end = _decode(data, 0, max_depth, None)
+def decode(data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH, sorted_keys: bool = True) -> Any:
+    """Decode exactly one bencoded value that fills all of *data*.
+
+    ``sorted_keys=False`` accepts dict keys out of order (never repeated): for tracker
+    replies, where some trackers do not sort and nothing is hashed. Peer messages and
+    metainfo stay strict.
+    """
+    value, end = _decode(data, 0, max_depth, None, sorted_keys)
     if end != len(data):
         raise BencodeError(f"trailing data at offset {end}")
     return value
@@ -185,6 +190,7 @@ def _decode(
     pos: int,
     max_depth: int,
     spans: dict[bytes, tuple[int, int]] | None,
+    sorted_keys: bool = True,
 ) -> tuple[Any, int]:
     """Decode one value at *pos*; if *spans* is given, record top-level dict value spans.
 
@@ -232,8 +238,10 @@ def _decode(
         elif frame[1] is None:
             if not isinstance(value, bytes):
                 raise BencodeError(f"dict key is not a string (before offset {pos})")
-            if frame[2] is not None and value <= frame[2]:
+            if sorted_keys and frame[2] is not None and value <= frame[2]:
                 raise BencodeError(f"dict key {value!r} unsorted or repeated")
+            if not sorted_keys and value in container:
+                raise BencodeError(f"dict key {value!r} repeated")
             frame[1] = value
         else:
             key = frame[1]
