@@ -1,0 +1,146 @@
+"""``/metrics``: the status snapshot in the Prometheus text format, via prometheus-client.
+
+Each daemon has its own :class:`~prometheus_client.CollectorRegistry` (never the
+library's global one, which would mix in the process's own metrics and leak between
+daemons built in one process), holding one custom collector. The collector reads
+:meth:`~debtorrent.status.Status.snapshot` at every scrape, so ``/metrics`` and
+``/status.json`` are the same figures under two names; nothing is counted twice.
+
+Counters are since the daemon started (Prometheus handles restarts itself; the
+all-time figures are in ``/status.json``). Label values that come from outside (swarm
+names from a Release) are escaped by the library's text writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+__all__ = ["StatusCollector", "metrics_app", "registry_for"]
+
+Snapshot = Callable[[], dict[str, Any]]
+
+
+class StatusCollector:
+    """A prometheus-client collector over a snapshot function."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def describe(self) -> list[Metric]:
+        return []  # nothing to check at registration: the snapshot is read per scrape
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot()
+        totals = snap["totals"]
+
+        received = CounterMetricFamily(
+            "debtorrent_package_bytes",
+            "Package bytes received and verified, by source (peers or the mirror).",
+            labels=["source"],
+        )
+        received.add_metric(["peers"], totals["bytes_from_peers"])
+        received.add_metric(["mirror"], totals["bytes_from_mirror"])
+        yield received
+        yield CounterMetricFamily(
+            "debtorrent_uploaded_bytes", "Bytes sent to peers.", value=totals["bytes_uploaded"]
+        )
+
+        apt_bytes = CounterMetricFamily(
+            "debtorrent_apt_bytes",
+            "Body bytes sent to apt (Content-Length of the answers), by file class.",
+            labels=["class"],
+        )
+        apt_requests = CounterMetricFamily(
+            "debtorrent_apt_requests",
+            "Apt requests answered, by file class and HTTP status.",
+            labels=["class", "status"],
+        )
+        by_class: dict[str, int] = {}
+        for row in snap["requests"]:
+            apt_requests.add_metric([row["class"], str(row["status"])], row["count"])
+            by_class[row["class"]] = by_class.get(row["class"], 0) + row["bytes"]
+        for cls, amount in sorted(by_class.items()):
+            apt_bytes.add_metric([cls], amount)
+        yield apt_bytes
+        yield apt_requests
+
+        yield CounterMetricFamily("debtorrent_bans", "Peer addresses banned.", value=totals["bans"])
+        yield CounterMetricFamily(
+            "debtorrent_protocol_errors",
+            "Peer protocol violations.",
+            value=totals["protocol_errors"],
+        )
+
+        yield GaugeMetricFamily(
+            "debtorrent_peers", "Peer connections open, in all swarms.", value=snap["connections"]
+        )
+        yield GaugeMetricFamily(
+            "debtorrent_swarms",
+            "Swarms loaded (one per Packages index).",
+            value=len(snap["swarms"]),
+        )
+        swarm_peers = GaugeMetricFamily(
+            "debtorrent_swarm_peers", "Peers connected, per swarm.", labels=["swarm", "info_hash"]
+        )
+        for swarm in snap["swarms"]:
+            swarm_peers.add_metric([swarm["name"], swarm["info_hash"]], swarm["peers"])
+        yield swarm_peers
+        yield GaugeMetricFamily(
+            "debtorrent_downloads",
+            "Files being downloaded now (through swarms or from mirrors).",
+            value=len(snap["downloads"]),
+        )
+        yield GaugeMetricFamily(
+            "debtorrent_peer_share",
+            "Share of package bytes that came from peers since the start (0 to 1).",
+            value=totals["peer_share"],
+        )
+        if snap["cache_bytes"] is not None:
+            yield GaugeMetricFamily(
+                "debtorrent_cache_bytes",
+                "Bytes in the cache directory (recounted at most every 30 s).",
+                value=snap["cache_bytes"],
+            )
+            yield GaugeMetricFamily(
+                "debtorrent_cache_files", "Files in the cache directory.", value=snap["cache_files"]
+            )
+        yield GaugeMetricFamily(
+            "debtorrent_start_time_seconds",
+            "When the daemon started, in seconds since the Unix epoch.",
+            value=snap["started"],
+        )
+        info = GaugeMetricFamily(
+            "debtorrent_build_info", "The daemon's version.", labels=["version"]
+        )
+        info.add_metric([snap["version"]], 1)
+        yield info
+
+
+def registry_for(snapshot: Snapshot) -> CollectorRegistry:
+    """A private registry holding one :class:`StatusCollector`."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(snapshot))
+    return registry
+
+
+def metrics_app(snapshot: Snapshot):
+    """A WSGI app serving the registry of ``snapshot`` in the Prometheus text format."""
+    registry = registry_for(snapshot)
+
+    def app(environ: dict, start_response) -> list[bytes]:
+        body = generate_latest(registry)
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", CONTENT_TYPE_LATEST),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+    return app
