@@ -26,9 +26,10 @@ from debtorrent.config import Config
 from debtorrent.errors import DebtorrentError
 from debtorrent.expiry import Expiry
 from debtorrent.fetch import Fetcher
+from debtorrent.metrics import metrics_app
 from debtorrent.mirror import Mirror
 from debtorrent.state import State
-from debtorrent.status import status_json_app
+from debtorrent.status import Status
 from debtorrent.torrent.manager import SwarmManager
 from debtorrent.torrent.session import Session, SessionSettings
 
@@ -60,14 +61,18 @@ class Daemon:
         self.mirror = Mirror(config.http_timeout, config.mirror_allowed, config.peer_bind or None)
         self.fetcher = Fetcher(self.cache, self.mirror)
         self.proxy = Proxy(self.cache, self.archive, self.fetcher, config.http_timeout + 5)
-        self.app = AptApp(config, self.proxy, routes={"/": self._front_page})
+        self.app = AptApp(config, self.proxy)
         self.session = Session(session_settings(config), self.mirror)
         self.swarms = SwarmManager(self.session, self.archive, self.cache, config.old_swarm_keep)
         self.proxy.package_source = self.swarms.fetch
-        self.app.routes["/status.json"] = status_json_app(self)
         self.state = State(config.state_dir)
         self.expiry = Expiry(self.cache, self.archive, config.cache_limit, self.swarms.forget)
         self.started = time.monotonic()
+        self.status = Status(self)
+        self.app.on_request = self.status.on_request
+        self.app.routes["/"] = self.status.page_app
+        self.app.routes["/status.json"] = self.status.json_app
+        self.app.routes["/metrics"] = metrics_app(self.status.snapshot)
         self.server: AptServer | None = None
         self._checkpointer: gevent.Greenlet | None = None
         self._expirer: gevent.Greenlet | None = None
@@ -77,6 +82,7 @@ class Daemon:
         """Load what the cache holds, then open the apt port."""
         self.cache.sweep_temporaries()
         self.state.load()
+        self.status.start()
         self.session.start()
         loaded = self.archive.load_saved()
         log.info("loaded %d saved Packages indexes from %s", loaded, self.cache.root)
@@ -119,21 +125,8 @@ class Daemon:
         self.session.stop()
         self.state.save(self.session.counters)
         self.mirror.close()
+        self.status.close()
         self.stopped.set()
-
-    def _front_page(self, environ: dict, start_response) -> list[bytes]:
-        host = environ.get("HTTP_HOST") or f"localhost:{self.config.port}"
-        body = (
-            f"debtorrent {__version__}: an apt proxy.\n\n"
-            "Point apt at it in one of two ways:\n"
-            f"  deb http://{host}/deb.example.org/debian bookworm main\n"
-            f'  Acquire::http::Proxy "http://{host}/";\n'
-        ).encode("utf-8", "replace")
-        start_response(
-            "200 OK",
-            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
-        )
-        return [body]
 
 
 def session_settings(config: Config) -> SessionSettings:

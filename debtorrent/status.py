@@ -1,82 +1,352 @@
-"""What the daemon is doing, as data: the source of ``/status.json``.
+"""What the daemon is doing, as data: the one source of ``/``, ``/status.json`` and ``/metrics``.
 
-Field names are stable (documented in the man page): tools and tests read them.
-Byte counters distinguish where package bytes came from (peers or the mirror), which
-is the number an admin wants: how much traffic the fleet kept off the mirror.
+:meth:`Status.snapshot` gathers everything into plain JSON-able data; the HTML page
+(:mod:`debtorrent.statuspage`) and the Prometheus text (:mod:`debtorrent.metrics`) are
+both built from it, so the three never disagree. Field names are stable (documented in
+the man page, STATUS, and docs/status.md): tools and tests read them. Byte counters
+distinguish where package bytes came from (peers or the mirror), which is the number an
+admin wants: how much traffic the fleet kept off the mirror.
+
+Two things are gathered here rather than asked of other layers:
+
+- the cache's size and file count: a walk of the cache directory, in a greenlet that
+  yields every few hundred entries, at most every :attr:`CacheUsage.interval` seconds
+  and only when someone asks (never once per request);
+- recent errors: the session's notes (bans) plus the warnings and errors the daemon's
+  own loggers emit (mirror failures, cut transfers), kept by a :class:`RecentErrors`
+  handler on the ``debtorrent`` logger. It keeps records, it writes nothing: output
+  handlers are still configured only by the entry point. A record below the configured
+  ``--log-level`` never reaches it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
+import gevent
+
 from debtorrent import __version__
+from debtorrent.cache import TMP_PREFIX
+from debtorrent.statuspage import render
 
 if TYPE_CHECKING:
     from debtorrent.daemon import Daemon
 
-__all__ = ["snapshot", "status_json_app"]
+__all__ = ["CacheUsage", "RecentErrors", "Status"]
+
+log = logging.getLogger(__name__)
+
+#: Recent errors shown (newest kept).
+MAX_ERRORS = 50
+#: Characters kept of one error message.
+MAX_MESSAGE = 500
+#: Connected peers listed per swarm (the count is always exact).
+MAX_PEERS_LISTED = 200
 
 
-def snapshot(daemon: Daemon) -> dict[str, Any]:
-    """The whole status as plain JSON-able data."""
-    session = daemon.session
-    counters = session.counters
-    from_peers = counters["peers"]
-    from_mirror = counters["mirror"]
-    swarms = []
-    for swarm in session.swarms.values():
-        swarms.append(
-            {
-                "name": swarm.name,
-                "info_hash": swarm.info_hash.hex(),
-                "files": swarm.layout.num_files,
-                "pieces": swarm.layout.num_pieces,
-                "pieces_had": len(swarm.have),
-                "peers": len(swarm.peers),
-                "downloaded": swarm.downloaded,
-                "uploaded": swarm.uploaded,
-            }
+def _share(from_peers: int, from_mirror: int) -> float:
+    total = from_peers + from_mirror
+    return round(from_peers / total, 4) if total else 0.0
+
+
+class CacheUsage:
+    """Bytes and files under the cache directory, recounted at most every ``interval`` s.
+
+    The count is started by the first :meth:`current` call after ``interval`` seconds
+    and runs in its own greenlet; callers get the last finished count at once (the very
+    first caller waits up to ``first_wait`` seconds for it). Temporary files are left
+    out; symbolic links are not followed.
+    """
+
+    interval = 30.0
+    first_wait = 5.0
+    yield_every = 256
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.fspath(root)
+        self.bytes: int | None = None
+        self.files: int | None = None
+        self.counted_at: float | None = None  # time.time() when the last count finished
+        self._started = float("-inf")
+        self._walker: gevent.Greenlet | None = None
+
+    def current(self) -> tuple[int | None, int | None, float | None]:
+        """``(bytes, files, counted_at)`` of the last finished count."""
+        now = time.monotonic()
+        if self._walker is None and now - self._started >= self.interval:
+            self._started = now
+            self._walker = gevent.spawn(self._count)
+        if self.counted_at is None and self._walker is not None:
+            self._walker.join(self.first_wait)
+        return self.bytes, self.files, self.counted_at
+
+    def _count(self) -> None:
+        try:
+            total, files, seen = 0, 0, 0
+            stack = [self.root]
+            while stack:
+                directory = stack.pop()
+                try:
+                    with os.scandir(directory) as entries:
+                        for entry in entries:
+                            seen += 1
+                            if seen % self.yield_every == 0:
+                                gevent.sleep(0)
+                            try:
+                                if entry.is_dir(follow_symlinks=False):
+                                    stack.append(entry.path)
+                                elif entry.is_file(follow_symlinks=False):
+                                    if not entry.name.startswith(TMP_PREFIX):
+                                        total += entry.stat(follow_symlinks=False).st_size
+                                        files += 1
+                            except OSError:
+                                continue  # removed meanwhile
+                except OSError as exc:
+                    log.debug("cannot count %s: %s", directory, exc)
+            self.bytes, self.files, self.counted_at = total, files, time.time()
+        finally:
+            self._walker = None
+
+
+class RecentErrors(logging.Handler):
+    """Keeps the last warnings and errors of the daemon's loggers, as ``(time, text)``.
+
+    The session's notes (bans) are logged too; they are skipped here because the
+    session keeps them itself (:attr:`Session.events`), and merged when shown.
+    """
+
+    def __init__(self, maxlen: int = MAX_ERRORS) -> None:
+        super().__init__(logging.WARNING)
+        self.entries: deque[tuple[float, str]] = deque(maxlen=maxlen)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == "debtorrent.torrent.session" and record.funcName == "note":
+            return
+        try:
+            text = record.getMessage()
+        except Exception:  # a bad format string in a log call: keep the raw message
+            text = str(record.msg)
+        self.entries.append((record.created, text[:MAX_MESSAGE]))
+
+
+class Status:
+    """The status of one daemon: counters of apt requests, cache usage, recent errors.
+
+    :meth:`on_request` is the apt app's hook (see :class:`~debtorrent.apt.app.AptApp`):
+    requests are counted by file class and status; bytes sent to apt also go to the
+    session's counters (key ``apt``) so that the checkpoint keeps them all-time.
+    """
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.started_at = time.time()
+        self.requests: Counter[tuple[str, int]] = Counter()
+        self.request_bytes: Counter[tuple[str, int]] = Counter()
+        self.cache_usage = CacheUsage(daemon.cache.root)
+        self.errors = RecentErrors()
+        self._logger = logging.getLogger("debtorrent")
+
+    def start(self) -> None:
+        if self.errors not in self._logger.handlers:
+            self._logger.addHandler(self.errors)
+
+    def close(self) -> None:
+        self._logger.removeHandler(self.errors)
+
+    def on_request(self, cls: str, status: int, nbytes: int) -> None:
+        self.requests[(cls, status)] += 1
+        if nbytes > 0:
+            self.request_bytes[(cls, status)] += nbytes
+            self.daemon.session.count("apt", nbytes)
+
+    # --- the snapshot ------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole status as plain JSON-able data (see the module docstring)."""
+        daemon = self.daemon
+        session = daemon.session
+        counters = session.counters
+        all_time = daemon.state.totals(counters)
+        cache_bytes, cache_files, counted_at = self.cache_usage.current()
+        return {
+            "version": __version__,
+            "uptime": round(time.monotonic() - daemon.started, 3),
+            "started": round(self.started_at, 3),
+            "peer_id": session.peer_id.decode("latin-1"),
+            "peer_port": session.listen_port,
+            "connections": len(session.connections),
+            "totals": {
+                "bytes_to_apt": counters["apt"],
+                "bytes_from_peers": counters["peers"],
+                "bytes_from_mirror": counters["mirror"],
+                "bytes_uploaded": counters["uploaded"],
+                "peer_share": _share(counters["peers"], counters["mirror"]),
+                "bans": counters["bans"],
+                "protocol_errors": counters["protocol_errors"],
+            },
+            "all_time": {
+                "bytes_to_apt": all_time["apt"],
+                "bytes_from_peers": all_time["peers"],
+                "bytes_from_mirror": all_time["mirror"],
+                "bytes_uploaded": all_time["uploaded"],
+                "peer_share": _share(all_time["peers"], all_time["mirror"]),
+                "bans": all_time["bans"],
+                "protocol_errors": all_time["protocol_errors"],
+            },
+            "cache_bytes": cache_bytes,
+            "cache_files": cache_files,
+            "cache_counted": round(counted_at, 3) if counted_at is not None else None,
+            "requests": [
+                {
+                    "class": cls,
+                    "status": status,
+                    "count": count,
+                    "bytes": self.request_bytes[(cls, status)],
+                }
+                for (cls, status), count in sorted(self.requests.items())
+            ],
+            "swarms": [_swarm(swarm) for swarm in list(session.swarms.values())],
+            "downloads": self._downloads(),
+            "errors": self._errors(),
+        }
+
+    def _downloads(self) -> list[dict[str, Any]]:
+        """Files on their way: through swarms (apt waits on them) and straight from mirrors."""
+        out: list[dict[str, Any]] = []
+        mono = time.monotonic()
+        for swarm in list(self.daemon.session.swarms.values()):
+            requests = getattr(swarm, "requests", None)
+            if not requests:
+                continue
+            layout = swarm.layout
+            for file_index, request in list(requests.items()):
+                pieces = layout.file_pieces(file_index)
+                done = sum(layout.piece_size(p) for p in pieces if p in swarm.have)
+                if file_index in getattr(swarm, "fetches", {}):
+                    source = "mirror"
+                elif file_index in getattr(swarm, "peer_fetching", {}):
+                    source = "peers (fetching from the mirror)"
+                else:
+                    source = "peers"
+                started = getattr(request, "started", None)
+                out.append(
+                    {
+                        "swarm": swarm.name,
+                        "mirror": swarm.loaded.mirror,
+                        "path": swarm.index.filenames[file_index],
+                        "size": layout.file_size(file_index),
+                        "done": done,
+                        "source": source,
+                        "waiting": round(mono - started, 1) if started is not None else None,
+                    }
+                )
+        for download in list(self.daemon.fetcher.active.values()):
+            if getattr(download, "done", False):
+                continue
+            out.append(
+                {
+                    "swarm": None,
+                    "mirror": download.mirror,
+                    "path": download.path,
+                    "size": download.length,
+                    "done": download.received,
+                    "source": "mirror",
+                    "waiting": None,
+                }
+            )
+        return out
+
+    def _errors(self) -> list[dict[str, Any]]:
+        """Newest first: session notes (bans) and logged warnings, merged by time."""
+        merged = sorted(
+            [*self.daemon.session.events, *self.errors.entries], key=lambda e: e[0], reverse=True
         )
+        return [{"time": round(t, 3), "message": text} for t, text in merged[:MAX_ERRORS]]
+
+    # --- the WSGI routes ---------------------------------------------------------------
+
+    def json_app(self, environ: dict, start_response) -> list[bytes]:
+        """``/status.json``."""
+        body = json.dumps(self.snapshot(), indent=1, sort_keys=True).encode()
+        return _answer(environ, start_response, "application/json", body)
+
+    def page_app(self, environ: dict, start_response) -> list[bytes]:
+        """``/``: the HTML page, for people."""
+        host = environ.get("HTTP_HOST") or f"localhost:{self.daemon.config.port}"
+        body = render(self.snapshot(), host=host, now=time.time()).encode("utf-8", "replace")
+        return _answer(
+            environ,
+            start_response,
+            "text/html; charset=utf-8",
+            body,
+            # nothing on the page runs: no script, no frame, no request elsewhere
+            ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),
+            ("X-Frame-Options", "DENY"),
+            ("Referrer-Policy", "no-referrer"),
+        )
+
+
+def _swarm(swarm: Any) -> dict[str, Any]:
+    peers = [p for p in list(swarm.peers) if not p.closed]
+    loaded = getattr(swarm, "loaded", None)
     return {
-        "version": __version__,
-        "uptime": round(time.monotonic() - daemon.started, 3),
-        "peer_id": session.peer_id.decode("latin-1"),
-        "peer_port": session.listen_port,
-        "totals": {
-            "bytes_from_peers": from_peers,
-            "bytes_from_mirror": from_mirror,
-            "bytes_uploaded": counters["uploaded"],
-            "peer_share": round(from_peers / (from_peers + from_mirror), 4)
-            if from_peers + from_mirror
-            else 0.0,
-            "bans": counters["bans"],
-            "protocol_errors": counters["protocol_errors"],
-        },
-        "all_time": {
-            "bytes_from_peers": daemon.state.totals(counters)["peers"],
-            "bytes_from_mirror": daemon.state.totals(counters)["mirror"],
-            "bytes_uploaded": daemon.state.totals(counters)["uploaded"],
-        },
-        "swarms": swarms,
-        "connections": len(session.connections),
+        "name": swarm.name,
+        "info_hash": swarm.info_hash.hex(),
+        "mirror": loaded.mirror if loaded is not None else None,
+        "index_date": loaded.release.date if loaded is not None else None,
+        "files": swarm.layout.num_files,
+        "files_enabled": len(getattr(swarm, "requests", ())),
+        "files_complete": getattr(swarm, "complete_files", 0),
+        "seeding": swarm.seeding,
+        "pieces": swarm.layout.num_pieces,
+        "pieces_had": len(swarm.have),
+        "peers": len(peers),
+        "down_rate": round(sum(p.down.rate for p in peers)),
+        "up_rate": round(sum(p.up.rate for p in peers)),
+        "downloaded": swarm.downloaded,
+        "uploaded": swarm.uploaded,
+        "peer_list": [_peer(p) for p in peers[:MAX_PEERS_LISTED]],
     }
 
 
-def status_json_app(daemon: Daemon):
-    """A WSGI app serving :func:`snapshot` as JSON."""
+def _peer(peer: Any) -> dict[str, Any]:
+    ip, port = peer.address[0], peer.address[1]
+    return {
+        "address": f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}",
+        "client": peer.client,
+        "outgoing": peer.outgoing,
+        "seed": peer.seed,
+        "pieces": len(peer.has),
+        "down_rate": round(peer.down.rate),
+        "up_rate": round(peer.up.rate),
+        "downloaded": peer.down.total,
+        "uploaded": peer.up.total,
+        "am_choking": peer.am_choking,
+        "am_interested": peer.am_interested,
+        "peer_choking": peer.peer_choking,
+        "peer_interested": peer.peer_interested,
+        "optimistic": peer.optimistic,
+        "snubbed": peer.snubbed,
+        "connected": round(time.monotonic() - peer.connected_at, 1),
+    }
 
-    def app(environ: dict, start_response) -> list[bytes]:
-        body = json.dumps(snapshot(daemon), indent=1, sort_keys=True).encode()
-        start_response(
-            "200 OK",
-            [
-                ("Content-Type", "application/json"),
-                ("Content-Length", str(len(body))),
-                ("Cache-Control", "no-store"),
-            ],
-        )
-        return [body]
 
-    return app
+def _answer(
+    environ: dict, start_response, content_type: str, body: bytes, *extra: tuple[str, str]
+) -> list[bytes]:
+    start_response(
+        "200 OK",
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            ("X-Content-Type-Options", "nosniff"),
+            *extra,
+        ],
+    )
+    return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
