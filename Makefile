@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests use (installed when run as root and missing).
 TEST_DEBS := apt apt-utils gnupg dpkg-dev opentracker nginx-light aria2 xz-utils bzip2 \
-	zstd lz4 groff-base man-db
+	zstd lz4 groff-base man-db chromium
 ARGS ?=
 
 .PHONY: run test lint format unit debs venv bench-serve bench-swarm bench-fleet bench-index bench-load bench clean
