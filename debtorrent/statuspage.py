@@ -48,6 +48,7 @@ h2 { font-size: 1.1rem; margin: 1.6rem 0 .5rem; }
   padding: .8rem 1rem; }
 .headline .big { font-size: 3.2rem; font-weight: 700; color: var(--good); line-height: 1.1; }
 .headline p { margin: .3rem 0 0; color: var(--muted); }
+.headline #cache { margin-top: .9rem; padding-top: .6rem; border-top: 1px solid var(--line); }
 table { border-collapse: collapse; width: 100%; background: var(--card); }
 th, td { text-align: left; padding: .3rem .55rem; border-bottom: 1px solid var(--line);
   vertical-align: top; }
@@ -102,6 +103,11 @@ def _text(value: object) -> str:
 def _count(value: object) -> str:
     """``12345`` -> ``12,345``."""
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else _text(value)
+
+
+def _plural(value: object, noun: str) -> str:
+    """``1 peer``, ``2 peers``, ``1,000 files``."""
+    return f"{_count(value)} {noun}{'' if value == 1 else 's'}"
 
 
 def _percent(value: object) -> str:
@@ -203,7 +209,7 @@ def _headline(snap: Mapping[str, Any]) -> str:
         f'<div class="big" id="peer-share">{escape(big)}</div>'
         f"<p>{escape(line)}</p>"
         f"<p>All time: {escape(_percent(_get(all_time, 'peer_share')))} from peers.</p>"
-        "</section>"
+        f"{_cache(snap)}</section>"
     )
 
 
@@ -236,17 +242,21 @@ def _totals(snap: Mapping[str, Any]) -> str:
         "<tr><th>Peers banned / protocol errors</th>"
         f"{_td(misbehaviour[0], 'num')}{_td(misbehaviour[1], 'num')}</tr>"
     )
-    counted = _get(snap, "cache_counted")
-    rows.append(
-        "<tr><th>Cache</th>"
-        f"{_bytes_td(_get(snap, 'cache_bytes'), 'cache-bytes')}"
-        f"{_td(_count(_get(snap, 'cache_files')) + ' files', 'num', id='cache-files')}</tr>"
-    )
-    note = (
-        f"Cache counted at {_clock(counted)}." if counted is not None else "Cache not counted yet."
-    )
     table = _table((("", False), ("Since start", True), ("All time", True)), rows, "totals")
-    return f'<section class="card" id="totals">{table}<p class="muted">{escape(note)}</p></section>'
+    return f'<section class="card" id="totals">{table}</section>'
+
+
+def _cache(snap: Mapping[str, Any]) -> str:
+    """The cache line of the headline card, with the exact figures in ``<data>``."""
+    size, files, counted = (_get(snap, k) for k in ("cache_bytes", "cache_files", "cache_counted"))
+    if counted is None:
+        return '<p class="muted" id="cache">Cache: not counted yet.</p>'
+    return (
+        '<p class="muted" id="cache">Cache: '
+        f'<data id="cache-bytes" value="{escape(size)}">{escape(human_bytes(size))}</data> in '
+        f'<data id="cache-files" value="{escape(files)}">{escape(_plural(files, "file"))}</data>'
+        f", counted at {escape(_clock(counted))}.</p>"
+    )
 
 
 def _requests(snap: Mapping[str, Any]) -> str:
@@ -372,7 +382,7 @@ def _peers(snap: Mapping[str, Any]) -> str:
         )
         body = _table(headers, rows, "peers") if rows else '<p class="empty">No peer.</p>'
         listed = f"{len(peers)} listed" if len(peers) != _get(s, "peers") else ""
-        summary = f"{_get(s, 'name')}: {_count(_get(s, 'peers'))} peers {listed}".strip()
+        summary = f"{_get(s, 'name')}: {_plural(_get(s, 'peers'), 'peer')} {listed}".strip()
         parts.append(f"<details><summary>{escape(summary)}</summary>{body}</details>")
     if not parts:
         return '<p class="empty">No swarm, so no peer.</p>'
@@ -410,7 +420,7 @@ def render(snap: Mapping[str, Any], *, host: str, now: float) -> str:
     subtitle = (
         f"version {_text(version)}, up {_duration(_get(snap, 'uptime'))} "
         f"(since {_clock(started)}), peer port {_text(_get(snap, 'peer_port'))}, "
-        f"{_count(_get(snap, 'connections'))} peer connections"
+        f"{_plural(_get(snap, 'connections'), 'peer connection')}"
     )
     sections = [
         '<div class="cards">',

@@ -224,10 +224,11 @@ def test_sample_page_shows_every_section() -> None:
     assert "apt waits 4 s" in seen
     assert "192.0.2.7:9989" in seen and "debtorrent 0.1.0" in seen
     assert "banned peer 192.0.2.9: sent bad data" in seen
-    assert "117.7 MiB" in seen and "321 files" in seen  # the cache
+    assert "Cache: 117.7 MiB in 321 files, counted at" in seen
     assert "deb http://localhost:9988/deb.example.org/debian bookworm main" in seen
     assert 'Acquire::http::Proxy "http://localhost:9988/";' in seen
     assert "1 h 2 min" in seen  # uptime
+    assert "1 peer connection" in seen and ": 1 peer" in seen
 
 
 def test_exact_byte_counts_are_in_the_page() -> None:
@@ -263,7 +264,7 @@ def test_empty_daemon() -> None:
     assert "No swarm yet" in seen
     assert "Nothing is being downloaded." in seen
     assert "No error since the start." in seen
-    assert "Cache not counted yet." in seen
+    assert "Cache: not counted yet." in seen
 
 
 def test_missing_fields_do_not_break_the_page() -> None:
