@@ -105,7 +105,12 @@ class BadIndexError(DebtorrentError, ValueError):
 
 
 class VerificationError(DebtorrentError):
-    """Data whose size or hash does not match what the signed index chain says."""
+    """Data whose size or hash does not match what the signed index chain says.
+
+    The mirror (or a peer) sent something wrong: apt sees a 502, as for a bad gateway.
+    """
+
+    status = 502
 
     def __init__(self, what: str, reason: str) -> None:
         super().__init__(f"{what}: {reason}")

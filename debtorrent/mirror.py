@@ -109,7 +109,7 @@ class Mirror:
             raw = self._request(url, headers or {})
             if raw.status in (301, 302, 303, 307, 308):
                 location = raw.headers.get("Location", "")
-                raw.release_conn()
+                _discard(raw)
                 url = self._redirect_target(url, location)
                 continue
             return self._response(url, raw)
@@ -120,19 +120,10 @@ class Mirror:
             return self.pool.request(
                 "GET", url, headers=headers, preload_content=False, redirect=False
             )
-        except (ReadTimeoutError, urllib3.exceptions.ConnectTimeoutError):
-            raise MirrorTimeoutError(url, "timed out") from None
         except MaxRetryError as exc:
-            reason = exc.reason
-            if isinstance(reason, (ReadTimeoutError, urllib3.exceptions.ConnectTimeoutError)):
-                raise MirrorTimeoutError(url, "timed out") from None
-            if isinstance(reason, NewConnectionError):
-                raise MirrorError(url, "connection refused or unreachable") from None
-            raise MirrorError(url, str(reason)) from None
-        except NewConnectionError:
-            raise MirrorError(url, "connection refused or unreachable") from None
+            raise _mirror_error(url, exc.reason) from None
         except (Urllib3Error, OSError) as exc:
-            raise MirrorError(url, f"request failed: {exc}") from None
+            raise _mirror_error(url, exc) from None
 
     def _redirect_target(self, url: str, location: str) -> str:
         if not location or any(c in location for c in "\r\n\0"):
@@ -151,10 +142,10 @@ class Mirror:
     def _response(self, url: str, raw: urllib3.BaseHTTPResponse) -> Response:
         status = raw.status
         if status in (404, 410):
-            raw.release_conn()
+            _discard(raw)
             raise MirrorNotFoundError(url, f"not found ({status})")
         if status not in (200, 206):
-            raw.release_conn()
+            _discard(raw)
             raise MirrorError(url, f"mirror answered {status}")
         start = 0
         length_header = raw.headers.get("Content-Length")
@@ -164,10 +155,38 @@ class Mirror:
             try:
                 start = int(content_range.split()[1].split("-")[0])
             except (IndexError, ValueError):
-                raw.release_conn()
+                _discard(raw)
                 raise MirrorError(url, f"bad Content-Range {content_range!r}") from None
         return Response(url, status, length, start, raw.headers.get("Last-Modified"), raw)
 
     def close(self) -> None:
         """Drop every pooled connection."""
         self.pool.clear()
+
+
+def _discard(raw: urllib3.BaseHTTPResponse) -> None:
+    """Drop a response we will not read: a short body (an error page) is drained so
+    the connection can be reused; anything longer or unknown closes the connection, so
+    its unread bytes never reach the next request on it."""
+    length = raw.headers.get("Content-Length", "")
+    try:
+        if length.isdigit() and int(length) <= 65536:
+            raw.drain_conn()
+        else:
+            raw.close()
+    except Exception:  # a broken connection is simply not reused
+        raw.close()
+    raw.release_conn()
+
+
+def _mirror_error(url: str, reason: object) -> MirrorError:
+    """The error apt should see for a failed request: refused 502, timed out 504.
+
+    urllib3 2 makes NewConnectionError a subclass of ConnectTimeoutError, so a refused
+    connection must be recognised before any timeout check.
+    """
+    if isinstance(reason, NewConnectionError):
+        return MirrorError(url, "connection refused or unreachable")
+    if isinstance(reason, (ReadTimeoutError, urllib3.exceptions.ConnectTimeoutError)):
+        return MirrorTimeoutError(url, "timed out")
+    return MirrorError(url, f"request failed: {reason}")

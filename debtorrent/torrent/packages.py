@@ -457,9 +457,11 @@ class PackageSwarm(Swarm):
         self.hash_giver.pop(file_index, None)
 
     def _fail(self, file_index: int, error: DebtorrentError) -> None:
+        """Give up on a file for now: its partial data goes, and with it the pieces we
+        had of it, so a later request starts clean (from peers or a fresh mirror fetch)."""
         request = self.requests.pop(file_index, None)
         self.picker.set_file_priority(file_index, DISABLED)
-        self.store.discard(file_index)
+        self._reset_file(file_index)
         if request is not None:
             request.fail(error)
 

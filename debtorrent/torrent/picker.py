@@ -479,3 +479,9 @@ class Picker:
     def piece_senders(self, piece: int) -> set[Peer]:
         state = self._partial.get(piece)
         return set(state.senders.values()) if state else set()
+
+    def block_senders(self, piece: int) -> dict[int, Peer]:
+        """Which peer sent each received block of a piece (block number -> peer), so a
+        failed piece can be blamed on the right sender once a good copy is in."""
+        state = self._partial.get(piece)
+        return dict(state.senders) if state else {}

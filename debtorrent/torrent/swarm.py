@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from gevent.event import Event
 
 from debtorrent.errors import CacheError
-from debtorrent.torrent.layout import Layout
+from debtorrent.torrent.layout import BLOCK_SIZE, Layout
 from debtorrent.torrent.metainfo import Metainfo
 from debtorrent.torrent.picker import NORMAL, Picker, PieceSet
 from debtorrent.torrent.storage import TorrentStore
@@ -52,6 +52,8 @@ class Swarm:
         self.downloaded = 0
         self.uploaded = 0
         self.closed = False
+        # failed pieces with several senders: (block, SHA1 of what was sent) -> sender
+        self._suspects: dict[int, dict[tuple[int, bytes], PeerConnection]] = {}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.info_hash.hex()[:12]}>"
@@ -138,18 +140,51 @@ class Swarm:
         self.picker.cancel_request(peer, piece, begin)
 
     def check_piece(self, piece: int, source: PeerConnection | None) -> bool:
-        """Verify a complete piece: announce it, or drop it and strike its senders."""
+        """Verify a complete piece: announce it, or drop it and find who lied.
+
+        Smart ban, as libtorrent does it: a failed piece with one sender bans that
+        sender; with several, each block's hash and sender are remembered, and once a
+        good copy of the piece is in, the senders whose blocks differ from it are banned.
+        An honest peer that filled the gaps of a liar's piece is never punished.
+        """
+        senders = self.picker.block_senders(piece)
         if self.verify_piece(piece):
+            self._judge(piece)
             self.add_piece(piece)
             return True
-        senders = self.picker.piece_failed(piece)
         log.warning("%s: piece %d failed verification", self, piece)
-        for sender in senders:
-            address = getattr(sender, "address", None)
-            if address:
-                self.session.ban(address[0], f"sent bad data for piece {piece} in {self.name}")
-                sender.close("sent bad data")
+        peers = {peer for peer in senders.values() if getattr(peer, "address", None)}
+        if len(peers) == 1:
+            self._punish(peers.pop(), piece)
+        elif peers:
+            suspects = self._suspects.setdefault(piece, {})
+            for block, peer in senders.items():
+                data = self.read(piece, block * BLOCK_SIZE, self._block_length(piece, block))
+                suspects.setdefault((block, hashlib.sha1(data).digest()), peer)
+        self.picker.piece_failed(piece)
         return False
+
+    def _block_length(self, piece: int, block: int) -> int:
+        return min(BLOCK_SIZE, self.layout.piece_size(piece) - block * BLOCK_SIZE)
+
+    def _judge(self, piece: int) -> None:
+        """A piece that failed before is good now: ban whoever sent a different block."""
+        suspects = self._suspects.pop(piece, None)
+        if not suspects:
+            return
+        for (block, digest), peer in suspects.items():
+            good = self.read(piece, block * BLOCK_SIZE, self._block_length(piece, block))
+            if hashlib.sha1(good).digest() != digest:
+                self._punish(peer, piece)
+
+    def _punish(self, peer: PeerConnection, piece: int) -> None:
+        """Ban a peer that sent bad data, and free what else it sent: its blocks in other
+        unfinished pieces would fail them and wrongly implicate whoever completes them."""
+        self.session.ban(peer.address[0], f"sent bad data for piece {piece} in {self.name}")
+        peer.close("sent bad data")
+        for other in self.picker.partial_pieces():
+            if peer in self.picker.piece_senders(other):
+                self.picker.piece_failed(other)
 
     def add_piece(self, piece: int) -> None:
         """A verified piece: record it, tell the peers, let the subclass react."""

@@ -150,3 +150,17 @@ def test_multi_member_gzip_is_read_whole():
     assert decompress(gzip.compress(PACKAGES[:100]) + gzip.compress(PACKAGES[100:]), ".gz") == (
         PACKAGES
     )
+
+
+def test_fields_in_another_order_are_read_stanza_by_stanza():
+    reordered = b"\n".join(
+        b"\n".join(sorted(stanza.split(b"\n"), reverse=True)) + b"\n"
+        for stanza in PACKAGES.split(b"\n\n")
+        if stanza.strip()
+    )
+    # continuation lines moved out of place are harmless here: only the three fields count
+    fast, slow = scan_packages(PACKAGES), scan_packages(reordered)
+    assert [(e.filename, e.size, e.sha256) for e in slow] == [
+        (e.filename, e.size, e.sha256) for e in fast
+    ]
+    assert len(fast) == 50
