@@ -64,42 +64,73 @@ class MirrorFetch:
                 error = MirrorError(self.url, "left to another daemon")
             self.swarm.mirror_done(self, error)
 
+    def _missing_runs(self) -> list[range]:
+        """Runs of consecutive pieces of the file we still lack, in order."""
+        have = self.swarm.have
+        runs: list[range] = []
+        start = None
+        pieces = self.swarm.layout.file_pieces(self.file_index)
+        for piece in pieces:
+            if piece in have:
+                if start is not None:
+                    runs.append(range(start, piece))
+                    start = None
+            elif start is None:
+                start = piece
+        if start is not None:
+            runs.append(range(start, pieces.stop))
+        return runs
+
     def _transfer(self) -> None:
+        """Ask for each missing run with ``Range``; a mirror answering 200 sends the whole
+        file, which is read once (skipping what is had) and ends the fetch."""
+        for run in self._missing_runs():
+            if self.yielded or not self._fetch_run(run):
+                break
+        if not self.yielded and self._missing_runs():
+            raise MirrorError(self.url, "the mirror did not send every missing piece")
+        if not self.yielded:
+            log.info("%s: fetched %s from the mirror", self.swarm, self.url)
+
+    def _fetch_run(self, run: range) -> bool:
+        """Fetch pieces ``run``; False when the mirror sent the whole file instead."""
         swarm = self.swarm
         layout = swarm.layout
         pieces = layout.file_pieces(self.file_index)
         size = layout.file_size(self.file_index)
         file_offset = layout.file_offset(self.file_index)
-        first = next((p for p in pieces if p not in swarm.have), None)
-        if first is None:
-            return
-        offset = layout.piece_offset(first) - file_offset
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        first = layout.piece_offset(run.start) - file_offset
+        last = layout.piece_offset(run.stop - 1) - file_offset + layout.piece_size(run.stop - 1)
+        whole = first == 0 and last == size
+        headers = {} if whole else {"Range": f"bytes={first}-{last - 1}"}
         response = swarm.session.mirror.get(self.url, headers)
-        position = response.start if response.status == 206 else 0
-        if response.status == 206 and position != offset:
+        ranged = response.status == 206
+        position = response.start if ranged else 0
+        expected = (last - first) if ranged else size
+        if ranged and position != first:
             response.release()
-            raise MirrorError(self.url, f"asked for byte {offset}, got {position}")
-        if response.length is not None and position + response.length != size:
+            raise MirrorError(self.url, f"asked for byte {first}, got {position}")
+        if response.length is not None and response.length != expected:
             response.release()
             raise VerificationError(
-                self.url, f"mirror sends {position + response.length} bytes, index says {size}"
+                self.url, f"mirror sends {response.length} bytes, expected {expected}"
             )
-        piece = pieces.start + position // layout.piece_length if pieces else 0
+        piece = pieces.start + position // layout.piece_length
+        stop = run.stop if ranged else pieces.stop
         buffer = bytearray()
         for chunk in response.chunks():
             if self.yielded:
                 response.release()
-                return
+                return False
             buffer += chunk
-            while piece < pieces.stop and len(buffer) >= layout.piece_size(piece):
+            while piece < stop and len(buffer) >= layout.piece_size(piece):
                 piece_size = layout.piece_size(piece)
                 data = bytes(buffer[:piece_size])
                 del buffer[:piece_size]
                 swarm.mirror_piece(self, piece, data)
                 piece += 1
-            if len(buffer) and piece >= pieces.stop:
+            if buffer and piece >= stop:
                 raise VerificationError(self.url, "longer than the index says")
-        if piece < pieces.stop:
+        if piece < stop:
             raise MirrorError(self.url, f"body ended at piece {piece - pieces.start}")
-        log.info("%s: fetched %s from the mirror", swarm, self.url)
+        return ranged
