@@ -30,6 +30,7 @@ Peers are any hashable object (the connection, its address, its peer id).
 
 from __future__ import annotations
 
+import heapq
 import re
 from array import array
 from collections.abc import Container, Hashable, Iterator
@@ -322,13 +323,17 @@ class Picker:
         partial = self._partial
         avail = self._avail
         rand = self.rng.random
-        ranked = sorted(
+        ranked = [
             (-prio, p not in partial, avail[p], rand(), p)
             for p, prio in self._wanted.items()
             if p in peer_has and (only is None or p in only)
-        )
+        ]
+        # A heap, not a sort: a pick usually needs a few pieces out of many wanted.
+        heap = list(ranked)
+        heapq.heapify(heap)
         picked: list[Block] = []
-        for *_, p in ranked:
+        while heap:
+            p = heapq.heappop(heap)[-1]
             state = partial.get(p)
             if state is None:
                 state = partial[p] = _Partial(self._blocks(p))
