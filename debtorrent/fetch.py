@@ -79,7 +79,11 @@ class Download:
         self.expected = expected
         self.keep = keep
         self.length: int | None = expected.size if expected else None
+        # Last-Modified sent to apt while streaming; None for verified files: a stream
+        # cut for bad bytes must not share a validator with the good file cached later,
+        # or apt's resume (Range + If-Range) would join bad bytes to good ones.
         self.last_modified: float | None = None
+        self.mtime: float | None = None  # the mirror's date, given to the cached file
         self.received = 0
         self.started = False  # upstream answered, length known
         self.done = False
@@ -199,7 +203,8 @@ class Fetcher:
                 download.url, f"mirror sends {response.length} bytes, index says {expected.size}"
             )
         download.length = expected.size if expected else response.length
-        download.last_modified = _parse_http_date(response.last_modified)
+        download.mtime = _parse_http_date(response.last_modified)
+        download.last_modified = None if expected else download.mtime
         download._tmp = tmp = self.cache.create(download.mirror, cache_path)
         download.started = True
         download._notify()
@@ -223,7 +228,7 @@ class Fetcher:
         if finisher is not None:
             finisher(download, tmp)
         if download.keep:
-            download.final = tmp.commit(download.last_modified)
+            download.final = tmp.commit(download.mtime)
         else:
             tmp.discard()
         download.done = True

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import time
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -115,6 +116,7 @@ class FileRequest:
 
     def wait_headers(self, timeout: float) -> None:
         """Nothing to wait for: the size is known from the index."""
+        # no Last-Modified while streaming: see fetch.Download.last_modified
 
     def read(self, offset: int, size: int, timeout: float) -> bytes:
         """Up to ``size`` bytes at ``offset``, waiting at most ``timeout`` for them."""
@@ -142,6 +144,14 @@ class FileRequest:
             raise self.error
         assert self.final is not None
         return self.final
+
+
+def _http_time(date: str | None) -> float:
+    """Seconds since the epoch of an RFC 2822 date (the epoch itself if unreadable)."""
+    try:
+        return parsedate_to_datetime(date or "").timestamp()
+    except (TypeError, ValueError, IndexError):
+        return 0.0
 
 
 class _Verifiable:
@@ -183,6 +193,10 @@ class PackageSwarm(Swarm):
         self.fetches: dict[int, MirrorFetch] = {}
         self.peer_fetching: dict[int, dict[PeerConnection, int]] = {}
         self.created = time.monotonic()
+        # the cached files' date: the index's, never the moment of the download, which
+        # could equal the date apt gave a partial copy cut short (see fetch.Download)
+        self.file_date = _http_time(loaded.release.date)
+        self.mirror_dates: dict[int, str] = {}  # Last-Modified the mirror gave a file
         self._verifiable = _Verifiable(self)
         self.complete_files = self._scan_cache()
 
@@ -258,6 +272,8 @@ class PackageSwarm(Swarm):
         window_start, window_done = time.monotonic(), 0
         while not request.event.is_set() and not self.closed:
             gevent.sleep(0.25)
+            if request.event.is_set() or self.requests.get(file_index) is not request:
+                return  # done, failed or replaced while asleep: nothing left to start
             now = time.monotonic()
             done = self._bytes_done(file_index)
             if done != last_done:
@@ -356,7 +372,9 @@ class PackageSwarm(Swarm):
         for peer in list(self.peers):
             peer.send_extended(wire.DT_FETCHING, wire.encode_dt_fetching(done_msg(file_index)))
         request = self.requests.get(file_index)
-        if error is not None and request is not None and not fetch.yielded:
+        if error is not None and request is None and not self.file_complete(file_index):
+            self._reset_file(file_index)  # nobody waits for it: leave no partial file
+        elif error is not None and request is not None and not fetch.yielded:
             if not self._peers_may_supply(file_index):
                 self._fail(file_index, error)
 
@@ -408,7 +426,11 @@ class PackageSwarm(Swarm):
             self._whole_file_failed(file_index)
             return
         try:
-            path = self.store.commit(file_index) if self.store.partial(file_index) else None
+            path = (
+                self.store.commit(file_index, self._date_of(file_index))
+                if self.store.partial(file_index)
+                else None
+            )
         except DebtorrentError as exc:
             self._reset_file(file_index)
             self._fail(file_index, exc)
@@ -421,6 +443,11 @@ class PackageSwarm(Swarm):
         if request is not None:
             request.finish(path)
         self.session.file_completed(self, file_index)
+
+    def _date_of(self, file_index: int) -> float:
+        """The mirror's Last-Modified for the file if it gave one, else the index's Date."""
+        given = self.mirror_dates.pop(file_index, None)
+        return _http_time(given) if given else self.file_date
 
     def _whole_file_failed(self, file_index: int) -> None:
         giver = self.hash_giver.get(file_index)

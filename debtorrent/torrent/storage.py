@@ -122,12 +122,12 @@ class PackageStore:
             offset += len(chunk)
         return digest.digest()
 
-    def commit(self, file_index: int) -> Path:
+    def commit(self, file_index: int, mtime: float | None = None) -> Path:
         """Rename a verified file into the cache; from now on apt can be served it."""
         tmp = self._partial.pop(file_index)
         tmp.close_reader()
         self._fds.forget(self.final_path(file_index))
-        return tmp.commit()
+        return tmp.commit(mtime)
 
     def discard(self, file_index: int) -> None:
         """Drop a partial file (failed verification, or the download was abandoned)."""

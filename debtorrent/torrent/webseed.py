@@ -104,6 +104,8 @@ class MirrorFetch:
         whole = first == 0 and last == size
         headers = {} if whole else {"Range": f"bytes={first}-{last - 1}"}
         response = swarm.session.mirror.get(self.url, headers)
+        if response.last_modified:
+            swarm.mirror_dates[self.file_index] = response.last_modified
         ranged = response.status == 206
         position = response.start if ranged else 0
         expected = (last - first) if ranged else size

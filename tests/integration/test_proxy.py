@@ -282,8 +282,9 @@ FAULTS = {
 }
 
 
+# Regression (fixed): what these tests caught before it was mended.
 BUG_ORPHAN_FETCH = (
-    "BUG debtorrent/torrent/packages.py PackageSwarm._supervise does not look at the request "
+    "FIXED debtorrent/torrent/packages.py PackageSwarm._supervise does not look at the request "
     "again after its gevent.sleep(0.25): once the request has failed it still calls "
     "_start_mirror (line ~276), a fetch no request waits for; when that one fails too, "
     "mirror_done finds no request, so nothing calls _fail/_reset_file and its .dt-tmp-* "
@@ -297,8 +298,6 @@ FAULT_PARAMS = [
         name,
         told,
         id=kind,
-        marks=[pytest.mark.xfail(strict=True, reason=BUG_ORPHAN_FETCH)]
-        * (kind in ("hang", "truncate")),
     )
     for kind, (name, told) in FAULTS.items()
 ]
@@ -612,7 +611,6 @@ def test_a_failed_mirror_fetch_is_retried_from_the_start(
     assert "failed its index SHA256" not in daemon.log_text()
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_ORPHAN_FETCH)
 def test_a_failed_request_leaves_no_fetch_and_no_temporary_file(
     repo: Repo, mirror: MirrorServer, daemon_factory
 ) -> None:
@@ -627,8 +625,9 @@ def test_a_failed_request_leaves_no_fetch_and_no_temporary_file(
     assert temporaries(daemon.cache_dir) == []
 
 
+# Regression (fixed): what this test caught before it was mended.
 BUG_RESUME = (
-    "BUG the swarm path stores a .deb with mtime = the moment it was committed "
+    "FIXED the swarm path stores a .deb with mtime = the moment it was committed "
     "(debtorrent/torrent/packages.py FileRequest.last_modified is never set, storage commit() "
     "gets no mtime), and _send_cached honours If-Range against that date. A transfer cut for "
     "bad bytes leaves apt a partial file whose date is that of the cut; the daemon's retry "
@@ -638,7 +637,6 @@ BUG_RESUME = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_RESUME)
 def test_a_cached_deb_carries_the_mirrors_last_modified(
     fresh_repo: Repo, mirror_factory, daemon_factory
 ) -> None:
