@@ -457,3 +457,48 @@ def test_two_hundred_concurrent_clients_get_every_answer(apt: Apt) -> None:
         worst = max(pool.map(at_once, range(200)))
     print(f"200 concurrent clients x 10 requests: slowest {worst:.3f} s")
     assert worst < 5.0
+
+
+# ---- an index that cannot be loaded must not outlive a restart ----------------------------------
+def test_an_index_that_breaks_the_scanner_does_not_stop_the_next_start(
+    mirror_factory, daemon_factory, tmp_path
+) -> None:
+    """A client asks for a Release and a Packages index (from any mirror: the default
+    --allowed-mirrors is *, and no signature is checked on this path) whose stanza has
+    ``Size: 99999999999999999999999``. The answer may be an error; the daemon must
+    still start again on the same cache.
+
+    BUG (kept failing on purpose): ``Archive.add_packages`` saves the uncompressed index
+    in the cache (``self.cache.write``) before ``scan_packages`` parses it, and
+    ``scan_packages`` raises OverflowError on that size (``array("q").append``). At the
+    next start ``Archive.load_saved`` catches only OSError and DebtorrentError, so the
+    OverflowError escapes ``Daemon.start`` and the process exits 1 with a traceback,
+    every time, until someone deletes the file from the cache (under systemd:
+    ``Restart=on-failure`` every 5 s). Any allowed client can do this with two GETs.
+    """
+    root = tmp_path / "poison"
+    binary = root / "dists" / "x" / "main" / "binary-amd64"
+    binary.mkdir(parents=True)
+    packages = (
+        b"Package: a\nFilename: pool/a.deb\nSize: 99999999999999999999999\nSHA256: "
+        + b"a" * 64
+        + b"\n\nPackage: b\nFilename: pool/b.deb\nSize: 5\nSHA256: "
+        + b"b" * 64
+        + b"\n"
+    )
+    (binary / "Packages").write_bytes(packages)
+    digest = hashlib.sha256(packages).hexdigest()
+    (root / "dists" / "x" / "Release").write_bytes(
+        f"Origin: X\nSuite: x\nCodename: x\nSHA256:\n {digest} {len(packages)} "
+        "main/binary-amd64/Packages\n".encode()
+    )
+    mirror = mirror_factory(root)
+    daemon = daemon_factory("--state-dir", str(tmp_path / "state"))
+    base = f"/{mirror.address}/debian/dists/x"
+    assert http_get(daemon, f"{base}/Release")[0] == 200
+    status, body = http_get(daemon, f"{base}/main/binary-amd64/Packages")
+    print(f"the index: {status} {body[:120]!r}")
+    assert daemon.running
+    daemon.restart(timeout=15)
+    assert daemon.running
+    assert http_get(daemon, "/status.json")[0] == 200
