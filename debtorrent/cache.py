@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -18,14 +19,15 @@ from pathlib import Path
 
 from debtorrent.errors import CacheError, DiskFullError
 
-__all__ = ["Cache", "TempFile"]
+__all__ = ["Cache", "TempFile", "cache_error"]
 
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".dt-tmp-"
 
 
-def _cache_error(what: str, exc: OSError) -> CacheError:
+def cache_error(what: str, exc: OSError) -> CacheError:
+    """The cache error for an OSError: a full disk is a :class:`DiskFullError` (507)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(f"{what}: cache filesystem full")
     return CacheError(f"{what}: {exc.strerror or exc}")
@@ -45,7 +47,7 @@ class TempFile:
             final.parent.mkdir(parents=True, exist_ok=True)
             self.fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=final.parent)
         except OSError as exc:
-            raise _cache_error(str(final), exc) from None
+            raise cache_error(final.name, exc) from None
         self.path = Path(name)
         self.read_fd = os.open(self.path, os.O_RDONLY)
         self.written = 0
@@ -60,7 +62,7 @@ class TempFile:
                 view = view[done:]
                 self.written += done
         except OSError as exc:
-            raise _cache_error(str(self.final), exc) from None
+            raise cache_error(self.final.name, exc) from None
 
     def commit(self, mtime: float | None = None) -> Path:
         """Flush and rename into place; the file is complete from now on."""
@@ -74,7 +76,7 @@ class TempFile:
             os.replace(self.path, self.final)
         except OSError as exc:
             self.discard()
-            raise _cache_error(str(self.final), exc) from None
+            raise cache_error(self.final.name, exc) from None
         return self.final
 
     def discard(self) -> None:
@@ -103,7 +105,7 @@ class Cache:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _cache_error(str(self.root), exc) from None
+            raise cache_error(str(self.root), exc) from None
 
     def path(self, mirror: str, path: str) -> Path:
         """Where the file apt knows as ``http://<mirror>/<path>`` is kept.
@@ -122,7 +124,7 @@ class Cache:
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
-            raise _cache_error(str(full), exc) from None
+            raise cache_error(str(full), exc) from None
 
     def create(self, mirror: str, path: str) -> TempFile:
         """Start writing ``path``; nothing is visible until the result is committed."""
@@ -139,6 +141,14 @@ class Cache:
             raise
         tmp.close_reader()
         return tmp.commit(mtime)
+
+    def has_room(self, size: int) -> bool:
+        """Whether ``size`` more bytes fit on the cache's filesystem (checked before a
+        download starts, so apt gets a 507 rather than a transfer cut when it fills)."""
+        try:
+            return shutil.disk_usage(self.root).free >= size
+        except OSError:
+            return True  # cannot tell: let the write itself decide
 
     def sweep_temporaries(self) -> int:
         """Remove what a killed process left half-written; returns how many."""

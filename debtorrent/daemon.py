@@ -14,12 +14,11 @@ import time
 
 import gevent
 from gevent.event import Event
-from gevent.pywsgi import WSGIServer
 
 from debtorrent import __version__
 from debtorrent.apt.app import AptApp
 from debtorrent.apt.proxy import Proxy
-from debtorrent.apt.serve import AptHandler
+from debtorrent.apt.serve import AptServer
 from debtorrent.archive.indexes import Archive
 from debtorrent.cache import Cache
 from debtorrent.config import Config
@@ -42,13 +41,6 @@ EXIT_FAILURE = 1
 CHECKPOINT_INTERVAL = 60.0
 EXPIRY_FIRST = 60.0  # seconds after start: apt's first update reloads what is listed
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-class AptServer(WSGIServer):
-    """The apt-facing server; ``send_timeout`` bounds a stuck client's sendfile."""
-
-    handler_class = AptHandler
-    send_timeout = 120.0
 
 
 class Daemon:
@@ -90,6 +82,7 @@ class Daemon:
         self.server = AptServer(
             (bind, self.config.port),
             self.app,
+            self.config.client_allowed,
             log=None,
             error_log=logging.getLogger("debtorrent.http"),
         )

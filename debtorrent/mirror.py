@@ -128,10 +128,8 @@ class Mirror:
     def _redirect_target(self, url: str, location: str) -> str:
         if not location or any(c in location for c in "\r\n\0"):
             raise MirrorError(url, "redirect without a usable Location")
+        location = urljoin(url, location)  # relative and scheme-relative alike
         target = urllib3.util.parse_url(location)
-        if not target.host:
-            location = urljoin(url, location)
-            target = urllib3.util.parse_url(location)
         host = target.host.lower() if target.host else ""
         netloc = f"{host}:{target.port}" if target.port else host
         if target.scheme not in ("http", "https") or not self.host_allowed(netloc):

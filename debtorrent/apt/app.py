@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -52,6 +53,7 @@ _REASONS = {
     507: "Insufficient Storage",
 }
 READ_CHUNK = 262144
+ATIME_STEP = 1.0  # a served file's access time is kept this fresh (relatime is not)
 
 
 def _status(code: int) -> str:
@@ -134,6 +136,8 @@ class AptApp:
         try:
             stat = os.fstat(fd)
             size, mtime = stat.st_size, int(stat.st_mtime)
+            if time.time() - stat.st_atime > ATIME_STEP:  # expiry's "least recently used"
+                os.utime(fd, (time.time(), stat.st_mtime))
             headers = [
                 ("Content-Type", _content_type(cached.path.name)),
                 ("Last-Modified", http_date(mtime)),

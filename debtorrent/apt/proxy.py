@@ -22,6 +22,7 @@ from debtorrent.archive.packages import compression_of, decompress
 from debtorrent.cache import Cache, TempFile
 from debtorrent.errors import (
     BadIndexError,
+    CacheError,
     MirrorError,
     MirrorNotFoundError,
     NotFoundError,
@@ -92,11 +93,11 @@ class Proxy:
             download.wait_headers(self.header_timeout)
         except MirrorNotFoundError:
             raise
-        except MirrorError as exc:
+        except (MirrorError, CacheError) as exc:
             cached = self.cache.get(target.mirror, target.path)
             if cached is None:
                 raise
-            log.warning("%s: mirror failed (%s); serving the offline copy", target, exc.reason)
+            log.warning("%s: fetch failed (%s); serving the offline copy", target, exc)
             return Cached(cached, "offline")
         return download
 

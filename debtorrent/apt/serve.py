@@ -19,16 +19,28 @@ from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from http.client import HTTPException
 
-from gevent.pywsgi import WSGIHandler
+import gevent
+from gevent.pool import Pool
+from gevent.pywsgi import WSGIHandler, WSGIServer
 from gevent.socket import wait_write
 
-__all__ = ["AptHandler", "FileBody", "RangeNotSatisfiable", "http_date", "parse_range"]
+__all__ = [
+    "AptHandler",
+    "AptServer",
+    "FileBody",
+    "RangeNotSatisfiable",
+    "http_date",
+    "parse_range",
+]
 
 log = logging.getLogger(__name__)
 
 SENDFILE_CHUNK = 1 << 20
-MAX_HEADERS = 100
+MAX_HEADERS = 99  # http.client refuses a 100th line itself (it counts the blank one)
 MAX_HEADER_BYTES = 16384
+IDLE_TIMEOUT = 60.0  # a keep-alive connection with no next request is closed
+HEADER_TIMEOUT = 15.0  # from the request line to the end of the headers
+MAX_CONNECTIONS = 1000  # handled at once; more wait in the kernel's accept queue
 
 
 class RangeNotSatisfiable(Exception):
@@ -47,7 +59,7 @@ def parse_http_date(value: str | None) -> float | None:
         return None
     try:
         return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
 
@@ -68,7 +80,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     try:
         if first == "":
             suffix = int(last)
-            if suffix <= 0:
+            if suffix <= 0 or size == 0:
                 raise RangeNotSatisfiable
             return max(size - suffix, 0), size
         start = int(first)
@@ -77,7 +89,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None
     if start < 0:
         return None
-    if start >= size:
+    if start >= size or size == 0:
         raise RangeNotSatisfiable
     if end <= start:
         return None
@@ -121,10 +133,17 @@ class AptHandler(WSGIHandler):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass  # not TCP (a Unix socket in a test): nothing to tune
+        sock.settimeout(IDLE_TIMEOUT)
         super().__init__(sock, address, server, rfile)
 
+    def read_requestline(self):
+        # one deadline for the whole line: a byte now and then must not hold the socket
+        with gevent.Timeout(IDLE_TIMEOUT, TimeoutError("no request in time")):
+            return super().read_requestline()
+
     def read_request(self, raw_requestline):
-        result = super().read_request(raw_requestline)
+        with gevent.Timeout(HEADER_TIMEOUT, ValueError("request headers too slow")):
+            result = super().read_request(raw_requestline)
         fields = self.headers.items()
         if len(fields) > MAX_HEADERS or sum(len(k) + len(v) for k, v in fields) > MAX_HEADER_BYTES:
             raise ValueError("request header fields too large")
@@ -166,6 +185,33 @@ class AptHandler(WSGIHandler):
             offset += sent
             self.response_length += sent
         return None
+
+
+class AptServer(WSGIServer):
+    """The apt-facing server.
+
+    Clients outside ``--allowed-clients`` are answered 403 and dropped before a byte of
+    their request is read, so they cannot hold sockets; at most
+    :data:`MAX_CONNECTIONS` connections are handled at once. ``send_timeout`` bounds
+    a client that stops reading a file being sent.
+    """
+
+    handler_class = AptHandler
+    send_timeout = 120.0
+
+    def __init__(self, listener, application, client_allowed, **kwargs) -> None:
+        super().__init__(listener, application, spawn=Pool(MAX_CONNECTIONS), **kwargs)
+        self.client_allowed = client_allowed
+
+    def handle(self, sock, address) -> None:
+        if isinstance(address, tuple) and not self.client_allowed(str(address[0])):
+            try:
+                sock.sendall(_response(403, "Forbidden"))
+            except OSError:
+                pass
+            sock.close()
+            return
+        super().handle(sock, address)
 
 
 def _response(code: int, reason: str) -> bytes:

@@ -117,11 +117,11 @@ class Archive:
         listed = release.entry(plain_path)
         if listed is not None and listed.sha256 != digest:
             raise BadIndexError(f"{mirror}/{plain_path}: uncompressed index does not match Release")
-        if save:
-            self.cache.write(mirror, plain_path, data)
         index = self._by_content.get(digest)
         if index is None:
             index = scan_packages(data, digest)
+        if save:  # only once it parsed: a saved index must never stop the next start
+            self.cache.write(mirror, plain_path, data)
         return self._register(
             LoadedIndex(mirror, plain_path, release, match["component"], match["arch"], index)
         )
@@ -186,6 +186,6 @@ class Archive:
                         continue
                     self.add_packages(mirror, f"{dist}/{rel}", data, digest=digest, save=False)
                     count += 1
-                except (OSError, DebtorrentError) as exc:
+                except (OSError, ValueError, DebtorrentError) as exc:
                     log.warning("ignoring saved %s/%s/%s: %s", mirror, dist, rel, exc)
         return count

@@ -31,7 +31,8 @@ _RUN = re.compile(
     rb"(?:SHA1:[^\n]*\n)?SHA256:[ \t]*([^\n]*)$",
     re.M,
 )
-_UNSAFE_NAME = re.compile(r"(?:^|/)\.{0,2}(?:/|$)|\\")
+_UNSAFE_NAME = re.compile(r"(?:^|/)\.{0,2}(?:/|$)|[\\\x00-\x1f\x7f]")
+_MAX_SIZE = 1 << 50  # a file size no index can mean; also keeps it in array("q")
 _MAX_UNCOMPRESSED = 1 << 31  # 2 GiB: far beyond any real index, stops a decompression bomb
 
 
@@ -80,13 +81,14 @@ class PackageIndex:
         return sum(self.sizes)
 
 
-def decompress(data: bytes, suffix: str, limit: int = _MAX_UNCOMPRESSED) -> bytes:
+def decompress(data: bytes, suffix: str, limit: int | None = None) -> bytes:
     """Uncompress an index by its file-name suffix (``""`` for none).
 
     Output beyond ``limit`` bytes is refused rather than produced: an index is checked
     against its Release before it is uncompressed, but the Release itself is only as
     trustworthy as the mirror until apt has checked its signature.
     """
+    limit = _MAX_UNCOMPRESSED if limit is None else limit
     try:
         if suffix == "":
             out = data
@@ -101,11 +103,15 @@ def decompress(data: bytes, suffix: str, limit: int = _MAX_UNCOMPRESSED) -> byte
 
             with lz4.frame.LZ4FrameDecompressor() as decompressor:
                 out = decompressor.decompress(data, max_length=limit + 1)
+                if len(out) <= limit and not decompressor.eof:
+                    raise BadIndexError("compressed index is truncated")
         elif suffix == ".zst":
             import zstandard
 
-            reader = zstandard.ZstdDecompressor().stream_reader(data)
+            reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True)
             out = reader.read(limit + 1)
+            if len(out) <= limit:  # bounded now; a second pass tells a cut stream
+                _whole(zstandard.ZstdDecompressor().decompressobj(), data, limit)
         else:
             raise BadIndexError(f"unknown index compression {suffix!r}")
     except BadIndexError:
@@ -118,7 +124,10 @@ def decompress(data: bytes, suffix: str, limit: int = _MAX_UNCOMPRESSED) -> byte
 
 
 def _whole(decompressor, data: bytes, limit: int) -> bytes:
-    out = decompressor.decompress(data, limit + 1)
+    try:
+        out = decompressor.decompress(data, limit + 1)
+    except TypeError:  # zstandard's object takes no length limit (bounded by the caller)
+        out = decompressor.decompress(data)
     if len(out) <= limit and not decompressor.eof:
         raise BadIndexError("compressed index is truncated")
     return out
@@ -202,7 +211,7 @@ def scan_packages(data: bytes, sha256: str | None = None) -> PackageIndex:
         except (UnicodeDecodeError, ValueError):
             skipped += 1
             continue
-        if length < 0 or len(raw_digest) != 32 or not _safe_filename(name):
+        if not 0 <= length < _MAX_SIZE or len(raw_digest) != 32 or not _safe_filename(name):
             skipped += 1
             continue
         if name in positions:

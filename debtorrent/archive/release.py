@@ -8,6 +8,7 @@ the indexes it passes on and to recognise ``by-hash`` requests (modern apt asks 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 from debian.deb822 import Release
@@ -19,6 +20,7 @@ __all__ = ["IndexEntry", "ReleaseInfo", "archive_root", "parse_release", "strip_
 log = logging.getLogger(__name__)
 
 _SIGNED = "-----BEGIN PGP SIGNED MESSAGE-----"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SIGNATURE = "-----BEGIN PGP SIGNATURE-----"
 
 
@@ -130,7 +132,13 @@ def parse_release(path: str, data: bytes) -> ReleaseInfo:
             name, size, digest = item["name"], int(item["size"]), item["sha256"].lower()
         except (KeyError, ValueError, TypeError):
             raise BadIndexError(f"{path}: bad SHA256 line {item!r}") from None
-        if len(digest) != 64 or ".." in name.split("/") or name.startswith("/"):
+        if (
+            not _HEX64.match(digest)
+            or size < 0
+            or ".." in name.split("/")
+            or name.startswith("/")
+            or any(ord(c) < 0x20 for c in name)
+        ):
             raise BadIndexError(f"{path}: bad SHA256 line for {name!r}")
         info.entries[name] = IndexEntry(size, digest)
         info._by_sha256.setdefault(digest, []).append(name)

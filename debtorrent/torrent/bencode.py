@@ -39,6 +39,7 @@ DEFAULT_MAX_DEPTH = 64
 # A decoded integer may have at most this many digits; 2**64 needs 20. Refusing longer
 # ones early keeps a hostile peer from making us convert a megabyte of digits.
 _MAX_INT_DIGITS = 32
+_INT_LIMIT = 10**_MAX_INT_DIGITS
 
 _DIGITS = frozenset(b"0123456789")
 _I, _L, _D, _E = ord("i"), ord("l"), ord("d"), ord("e")
@@ -73,6 +74,8 @@ def _encode_into(obj: Any, out: list[bytes], depth: int) -> None:
     if isinstance(obj, bool):
         raise BencodeError("cannot bencode a bool")
     if isinstance(obj, int):
+        if abs(obj) >= _INT_LIMIT:  # what decode() would refuse: never send it
+            raise BencodeError(f"integer of more than {_MAX_INT_DIGITS} digits")
         out.append(b"i%de" % obj)
     elif isinstance(obj, bytes | bytearray | memoryview):
         data = bytes(obj)

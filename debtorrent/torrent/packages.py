@@ -31,6 +31,7 @@ from debtorrent.archive.indexes import LoadedIndex
 from debtorrent.cache import Cache
 from debtorrent.errors import (
     DebtorrentError,
+    DiskFullError,
     MirrorTimeoutError,
     ProtocolError,
     VerificationError,
@@ -254,6 +255,9 @@ class PackageSwarm(Swarm):
         if self.file_complete(file_index) and self.store.has_file(file_index):
             request.finish(self.final_path(file_index))
             return request
+        if not self.cache.has_room(self.layout.file_size(file_index)):
+            request.fail(DiskFullError(f"{self.index.filenames[file_index]}: cache disk full"))
+            return request  # not remembered: the next request checks again
         self.requests[file_index] = request
         self.picker.set_file_priority(file_index, HIGH)
         self._ask_hashes(file_index)

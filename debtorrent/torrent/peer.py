@@ -36,6 +36,7 @@ SNUB_TIMEOUT = 30.0
 PIPELINE = 64  # block requests in flight per peer: ~1 MiB, enough for loopback speed
 MAX_QUEUED_REQUESTS = 500  # requests a peer may queue with us (BEP 10 reqq we announce)
 RECV_SIZE = 262144
+MAX_SEND_QUEUE = 2000  # messages waiting for a peer that does not read
 
 
 class Rate:
@@ -89,6 +90,7 @@ class PeerConnection:
         self.seed = False
         self.requested: dict[tuple[int, int], int] = {}  # (piece, begin) -> length
         self.incoming: deque[wire.Request] = deque()
+        self._refused = 0  # requests we could not serve since the last unchoke
         self.down = Rate()
         self.up = Rate()
         self.connected_at = time.monotonic()
@@ -148,6 +150,11 @@ class PeerConnection:
             self.close(self.close_reason or "closed")
 
     def _read_handshake(self) -> tuple[wire.Handshake, list]:
+        # one deadline for the whole handshake: a byte now and then must not extend it
+        with gevent.Timeout(HANDSHAKE_TIMEOUT, PeerError("handshake not complete in time")):
+            return self._read_handshake_messages()
+
+    def _read_handshake_messages(self) -> tuple[wire.Handshake, list]:
         while True:
             data = self.sock.recv(RECV_SIZE)
             if not data:
@@ -203,9 +210,17 @@ class PeerConnection:
     # --- sending --------------------------------------------------------------------
 
     def send(self, message: Any) -> None:
-        """Queue a message; the writer greenlet sends in order."""
-        if not self.closed:
-            self._out.put(wire.encode(message))
+        """Queue a message; the writer greenlet sends in order.
+
+        A peer that does not read what we send (the queue only grows) is dropped: the
+        queue is memory the peer controls.
+        """
+        if self.closed:
+            return
+        if self._out.qsize() >= MAX_SEND_QUEUE:
+            self.close("peer does not read what we send")
+            return
+        self._out.put(wire.encode(message))
 
     def _send_now(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -246,6 +261,7 @@ class PeerConnection:
             self.incoming.clear()
             self.send(wire.Choke())
         else:
+            self._refused = 0
             self.send(wire.Unchoke())
 
     def update_interest(self) -> None:
@@ -283,8 +299,10 @@ class PeerConnection:
             data = self.sock.recv(RECV_SIZE)
             if not data:
                 raise PeerError("closed by peer")
-            self.down.add(0)  # keeps the idle clock honest; bytes counted per block
             self._handle_all(self._decoder.feed(data))
+            # a peer sending faster than we decode would otherwise keep this greenlet
+            # running (gevent's recv only yields on an empty socket) and starve apt
+            gevent.sleep(0)
 
     def _handle_all(self, messages: list) -> None:
         for message in messages:
@@ -334,6 +352,9 @@ class PeerConnection:
 
     def _on_request(self, msg: wire.Request) -> None:
         if self.am_choking or msg.index not in self.swarm.have:
+            self._refused += 1
+            if self._refused > 2 * MAX_QUEUED_REQUESTS:  # more than any pipeline holds
+                raise ProtocolError("a flood of requests we cannot serve")
             if self.fast:
                 self.send(wire.RejectRequest(msg.index, msg.begin, msg.length))
             return

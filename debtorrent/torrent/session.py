@@ -213,14 +213,15 @@ class Session:
         _nodelay(sock)
         decoder = wire.Decoder(None, handshake=True)
         try:
-            sock.settimeout(HANDSHAKE_TIMEOUT)
-            handshake = None
-            while handshake is None:
-                data = sock.recv(65536)
-                if not data:
-                    return
-                for message in decoder.feed(data):
-                    handshake = message
+            with gevent.Timeout(HANDSHAKE_TIMEOUT, OSError("handshake not complete in time")):
+                handshake = None
+                while handshake is None:
+                    data = sock.recv(65536)
+                    if not data:
+                        sock.close()
+                        return
+                    for message in decoder.feed(data):
+                        handshake = message
         except ProtocolError as exc:
             # not struck: an encrypted (MSE) handshake looks like this, and libtorrent
             # tries one first by default before falling back to plain BitTorrent

@@ -10,6 +10,7 @@ every BitTorrent client does; it exists to test the wire protocol against libtor
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -17,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from debtorrent.cache import TempFile
+from debtorrent.cache import TempFile, cache_error
 from debtorrent.errors import CacheError
 from debtorrent.torrent.layout import Layout
 
@@ -87,10 +88,15 @@ class PackageStore:
         if tmp is None:
             # beside the final place; a kill leaves it to the start-up sweep
             tmp = self._partial[file_index] = TempFile(self.final_path(file_index))
+        view = memoryview(data)
         try:
-            os.pwrite(tmp.fd, data, offset)
+            while view:  # a filling disk writes part of a block before it says ENOSPC
+                done = os.pwrite(tmp.fd, view, offset)
+                if done <= 0:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                view, offset = view[done:], offset + done
         except OSError as exc:
-            raise CacheError(f"{tmp.final}: {exc.strerror or exc}") from None
+            raise cache_error(tmp.final.name, exc) from None
 
     def partial(self, file_index: int) -> bool:
         """Whether the file is being written (it is not in the cache yet)."""
@@ -100,13 +106,16 @@ class PackageStore:
         """A block of a piece we have, from the complete file or the partial one."""
         file_index, offset = self._locate(piece, begin)
         tmp = self._partial.get(file_index)
-        if tmp is not None:
-            return os.pread(tmp.read_fd, length, offset)
         try:
-            fd = self._fds.get(self.final_path(file_index))
-            return os.pread(fd, length, offset)
+            if tmp is not None:
+                data = os.pread(tmp.read_fd, length, offset)
+            else:
+                data = os.pread(self._fds.get(self.final_path(file_index)), length, offset)
         except OSError as exc:
-            raise CacheError(f"{self.final_path(file_index)}: {exc.strerror or exc}") from None
+            raise cache_error(self.final_path(file_index).name, exc) from None
+        if len(data) != length:
+            raise CacheError(f"{self.final_path(file_index).name}: shorter than its pieces")
+        return data
 
     def file_sha256(self, file_index: int) -> bytes:
         """SHA256 of the partial (or complete) file, for the whole-file check."""

@@ -237,8 +237,9 @@ def disk_daemon(daemon_factory, fs: SmallFs, tmp_path: Path, *args: str) -> Daem
 
 
 # ---- full disk ------------------------------------------------------------------------------
+# Regression (fixed): what the next test caught before it was mended.
 BUG_FULL_UNCLEAR = (
-    "BUG (1) debtorrent/torrent/storage.py PackageStore.write ignores the count os.pwrite "
+    "FIXED (1) debtorrent/torrent/storage.py PackageStore.write ignores the count os.pwrite "
     "returns: when the disk fills in the middle of a block the kernel writes part of it "
     "and returns a short count (ENOSPC only comes on the next write), so the piece is "
     "marked had (PackageSwarm.mirror_piece hashes the bytes in memory, not what is on "
@@ -298,7 +299,6 @@ def test_a_full_cache_disk_leaves_nothing_half_written_and_the_daemon_up(
 
 
 # FAILS until BUG_FULL_UNCLEAR is fixed (strict: remove the mark once it passes).
-@pytest.mark.xfail(strict=True, reason=BUG_FULL_UNCLEAR)
 def test_a_full_cache_disk_is_a_clear_503_or_507_for_apt(
     small_fs, repo: Repo, mirror: MirrorServer, daemon_factory, apt_factory, tmp_path: Path
 ) -> None:
@@ -481,8 +481,9 @@ def test_the_cache_limit_holds_after_an_expiry_pass(
     assert apt.downloaded_sha256()[Path(pkgs[0].filename).name] == pkgs[0].sha256
 
 
+# Regression (fixed): what the next test caught before it was mended.
 BUG_LRU_ATIME = (
-    "BUG debtorrent/expiry.py Expiry.run ranks pool files by max(st_atime, st_mtime) as "
+    "FIXED debtorrent/expiry.py Expiry.run ranks pool files by max(st_atime, st_mtime) as "
     "their last use, but with relatime (the Linux default; noatime too) a file's atime "
     "changes only on the first read after it was written, so a file used again and again "
     "keeps its first-read time: the eviction order is the order files were fetched, and "
@@ -492,7 +493,6 @@ BUG_LRU_ATIME = (
 
 
 # FAILS until BUG_LRU_ATIME is fixed (strict: remove the mark once it passes).
-@pytest.mark.xfail(strict=True, reason=BUG_LRU_ATIME)
 def test_the_cache_limit_evicts_the_least_recently_used_file(
     lru_repo: Repo, mirror_factory, daemon_factory, apt_factory, tmp_path: Path
 ) -> None:

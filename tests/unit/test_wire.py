@@ -281,7 +281,11 @@ messages = st.one_of(
     st.builds(
         Extended,
         st.integers(0, 255),
-        st.dictionaries(st.binary(max_size=5), st.integers() | st.binary(max_size=5), max_size=3),
+        st.dictionaries(
+            st.binary(max_size=5),
+            st.integers(-(10**31), 10**31) | st.binary(max_size=5),
+            max_size=3,
+        ),
         st.binary(max_size=10),
     ),
     st.builds(Unknown, st.integers(21, 255), st.binary(max_size=10)),
