@@ -52,6 +52,7 @@ from debtorrent.torrent.layout import BLOCK_SIZE, LAYOUT1_PIECE_LENGTH, Layout
 from debtorrent.torrent.metainfo import swarm_info_hash
 from tests.fixtures.apt import AptClient, AptResult
 from tests.fixtures.daemon import Daemon
+from tests.fixtures.helpers import sha256_file, wait_until
 from tests.fixtures.mirror import MirrorServer
 from tests.fixtures.net import loopback_aliases_usable
 from tests.fixtures.peer import WirePeer
@@ -76,22 +77,6 @@ pytestmark = pytest.mark.skipif(
 def status(d: Daemon) -> dict:
     with urllib.request.urlopen(f"{d.url}/status.json", timeout=5) as r:
         return json.loads(r.read())
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str, every: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not {what} within {timeout} s")
-        time.sleep(every)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def swarm_hash(repo: Repo) -> bytes:

@@ -38,6 +38,7 @@ from debtorrent.torrent.peer import HANDSHAKE_TIMEOUT
 from tests.conftest import require_tools
 from tests.fixtures.apt import AptClient
 from tests.fixtures.daemon import Daemon
+from tests.fixtures.helpers import wait_until
 from tests.fixtures.mirror import MirrorServer
 from tests.fixtures.net import loopback_aliases_usable
 from tests.fixtures.peer import FakeSeed, WirePeer, make_peer_id
@@ -221,14 +222,6 @@ def under_attack(target: Target, what: str) -> Iterator[Prober]:
     )
     assert not prober.errors, f"apt requests failed under {what}: {prober.errors[:5]}"
     assert worst < PROMPT, f"an apt request took {worst:.2f} s under {what}"
-
-
-def wait_until(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
 
 
 def banned(target: Target, source: str) -> bool:

@@ -10,7 +10,6 @@ torrent made by either of them.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from debtorrent.torrent.metainfo import create_torrent, load_torrent, parse_torrent
+from tests.fixtures.helpers import sha256_file
 from tests.fixtures.net import loopback_aliases_usable
 from tests.fixtures.peer import Standalone, lt_add, lt_session, lt_wait
 
@@ -38,14 +38,6 @@ FILES = {
     "mid.bin": 700_001,
 }
 LT_SEED, DT_LEECH, DT_SEED, LT_LEECH = "127.0.0.31", "127.0.0.32", "127.0.0.33", "127.0.0.34"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Content:

@@ -29,6 +29,7 @@ import pytest
 
 from tests.fixtures.apt import AptClient, AptResult
 from tests.fixtures.daemon import Daemon
+from tests.fixtures.helpers import deb_target, sha256_file, wait_until
 from tests.fixtures.mirror import MirrorServer
 from tests.fixtures.net import loopback_aliases_usable
 from tests.fixtures.repo import MiB, PackageInfo, Repo
@@ -68,22 +69,6 @@ def status(d: Daemon) -> dict:
     code, body, _ = request(d, "/status.json", timeout=5)
     assert code == 200, body
     return json.loads(body)
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str, every: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not {what} within {timeout} s")
-        time.sleep(every)
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def deb_target(mirror: MirrorServer, p: PackageInfo) -> str:
-    return f"/{mirror.address}/debian/{p.url_path}"
 
 
 def cached(d: Daemon, mirror: MirrorServer, p: PackageInfo) -> Path:

@@ -19,7 +19,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -29,6 +29,7 @@ import pytest
 from debian import deb822
 from tests.fixtures.apt import AptClient
 from tests.fixtures.daemon import Daemon
+from tests.fixtures.helpers import deb_target, wait_until
 from tests.fixtures.mirror import MirrorServer, RequestRecord
 from tests.fixtures.repo import COMPRESSIONS, PackageInfo, Repo
 
@@ -59,23 +60,9 @@ def file_sha256(path: Path) -> str:
     return sha256(path.read_bytes())
 
 
-def wait_until(cond: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``cond`` until true; AssertionError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s: {what or cond}")
-        time.sleep(0.05)
-
-
 def expected_debs(repo: Repo) -> list[PackageInfo]:
     """What ``apt-get install --download-only *INSTALL`` downloads."""
     return [p for p in repo.packages if p.name != "dt-tiny"]
-
-
-def deb_target(mirror: MirrorServer, p: PackageInfo) -> str:
-    """The path-form request target apt sends for package ``p`` (``+`` as ``%2b``)."""
-    return f"/{mirror.address}/debian/{p.url_path}"
 
 
 def cache_root(daemon: Daemon, mirror: MirrorServer) -> Path:

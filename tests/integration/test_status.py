@@ -28,7 +28,6 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -39,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from debtorrent.cache import TMP_PREFIX
 from debtorrent.status import CacheUsage
 from tests.fixtures.daemon import Daemon
+from tests.fixtures.helpers import wait_until
 from tests.fixtures.mirror import MirrorServer
 from tests.fixtures.net import loopback_aliases_usable
 from tests.fixtures.repo import COMPONENT, ORIGIN, Repo
@@ -107,15 +107,6 @@ def metrics(d: Daemon) -> dict[tuple[str, tuple], float]:
         for family in text_string_to_metric_families(body.decode())
         for sample in family.samples
     }
-
-
-def wait_until(cond: Callable[[], object], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := cond()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not {what} within {timeout} s")
-        time.sleep(0.05)
-    return result
 
 
 def mirror_deb_bytes(mirror: MirrorServer, d: Daemon) -> int:

@@ -23,13 +23,13 @@ import signal
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
 
 import pytest
 
 from debtorrent.torrent.metainfo import swarm_info_hash
 from tests.fixtures.apt import AptClient, AptResult
 from tests.fixtures.daemon import Daemon
+from tests.fixtures.helpers import wait_until
 from tests.fixtures.mirror import MirrorServer
 from tests.fixtures.net import free_port, loopback_aliases_usable
 from tests.fixtures.repo import COMPONENT, ORIGIN, MiB, Repo
@@ -56,14 +56,6 @@ def totals(d: Daemon) -> dict:
 
 def pieces_had(d: Daemon) -> int:
     return sum(s["pieces_had"] for s in status(d)["swarms"])
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str, every: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not {what} within {timeout} s")
-        time.sleep(every)
 
 
 def check_debs(apt: AptClient, repo: Repo, names: set[str]) -> None:
