@@ -159,11 +159,14 @@ class TorrentStore:
         self.layout = layout
         self.paths = [root.joinpath(*parts) for parts in paths]
         self._fds: dict[int, int] = {}
+        self.existing: set[int] = set()  # files already there at their full size
         for index, path in enumerate(self.paths):
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             if os.fstat(fd).st_size != layout.file_size(index):
                 os.ftruncate(fd, layout.file_size(index))
+            else:
+                self.existing.add(index)
             self._fds[index] = fd
 
     def has_file(self, file_index: int) -> bool:

@@ -250,8 +250,11 @@ class TorrentSwarm(Swarm):
         self.meta = meta
         self.store = TorrentStore(meta.layout, directory, [f.path for f in meta.files])
         self.complete = Event()
+        existing = self.store.existing
         for piece in range(meta.layout.num_pieces):  # recheck: seed what is on disk
-            if self.verify_piece(piece):
+            # a piece touching a file we just created cannot be there: don't hash zeros
+            files = {s.file_index for s in meta.layout.piece_files(piece)}
+            if files <= existing and self.verify_piece(piece):
                 self.have.add(piece)
         for file_index in range(meta.layout.num_files):
             self.picker.set_file_priority(file_index, NORMAL)
