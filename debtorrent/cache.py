@@ -116,6 +116,18 @@ class Cache:
             raise CacheError(f"{mirror}/{path}: refusing a path outside the cache")
         return Path(self._root, mirror, path)
 
+    def find(self, mirror: str, path: str) -> str | None:
+        """Like :meth:`get`, as a plain string: the per-request path (no pathlib)."""
+        if mirror.startswith(("/", ".")) or path.startswith("/") or ".." in path.split("/"):
+            raise CacheError(f"{mirror}/{path}: refusing a path outside the cache")
+        full = f"{self._root}/{mirror}/{path}"
+        try:
+            return full if stat.S_ISREG(os.stat(full).st_mode) else None
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise cache_error(path.rsplit("/", 1)[-1], exc) from None
+
     def get(self, mirror: str, path: str) -> Path | None:
         """The complete cached file, if there is one (asked on every request: kept cheap)."""
         full = self.path(mirror, path)

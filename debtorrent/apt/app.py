@@ -139,7 +139,7 @@ class AptApp:
             if time.time() - stat.st_atime > ATIME_STEP:  # expiry's "least recently used"
                 os.utime(fd, (time.time(), stat.st_mtime))
             headers = [
-                ("Content-Type", _content_type(cached.path.name)),
+                ("Content-Type", _content_type(str(cached.path))),
                 ("Last-Modified", http_date(mtime)),
                 ("Accept-Ranges", "bytes"),
             ]

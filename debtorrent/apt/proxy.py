@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 class Cached:
     """A complete file in the cache; ``source`` says how it got there for this request."""
 
-    path: Path
+    path: Path | str
     source: str = "cache"
 
 
@@ -102,7 +102,7 @@ class Proxy:
         return download
 
     def _immutable(self, target: Target, expected: Expected | None) -> Cached | Download:
-        cached = self.cache.get(target.mirror, target.path)
+        cached = self.cache.find(target.mirror, target.path)
         if cached is not None and (expected is None or _size(cached) == expected.size):
             return Cached(cached)
         download = self.fetcher.fetch(
@@ -140,8 +140,7 @@ class Proxy:
             download.wait_headers(self.header_timeout)
             return download
         entry = match.entry
-        expected = Expected(entry.size, entry.sha256.hex())
-        cached = self.cache.get(target.mirror, target.path)
+        cached = self.cache.find(target.mirror, target.path)
         if cached is not None and _size(cached) == entry.size:
             return Cached(cached)
         if self.package_source is not None:
@@ -150,6 +149,7 @@ class Proxy:
                 return Cached(result, "swarm")
             if result is not None:
                 return result
+        expected = Expected(entry.size, entry.sha256.hex())
         download = self.fetcher.fetch(target.mirror, target.path, target.url, expected=expected)
         download.wait_headers(self.header_timeout)
         return download
@@ -181,9 +181,9 @@ class Proxy:
         self.archive.add_packages(mirror, index_path, plain_data)
 
 
-def _size(path: Path) -> int:
+def _size(path: Path | str) -> int:
     try:
-        return path.stat().st_size
+        return os.stat(path).st_size
     except OSError:
         return -1
 

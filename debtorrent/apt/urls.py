@@ -10,6 +10,7 @@ that could escape the cache directory is refused here, before any other code see
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
@@ -73,6 +74,7 @@ def _decode_once(raw: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=256)  # a proxy sees few hosts, on every request
 def _check_host(host: str) -> str:
     host = host.lower()
     name, port = host, None
