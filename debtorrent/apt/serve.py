@@ -155,6 +155,9 @@ class AptHandler(WSGIHandler):
             return ("431", _response(431, "Request Header Fields Too Large"))
         return super()._handle_client_error(ex)
 
+    def log_request(self):
+        """No access log line per request: the app logs what matters (failures)."""
+
     def get_environ(self):
         env = super().get_environ()
         env["debtorrent.raw_target"] = self.path  # undecoded, so it is decoded exactly once
