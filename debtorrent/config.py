@@ -283,8 +283,8 @@ OPTIONS: tuple[Option, ...] = (
         "peer-bind",
         "address",
         "",
-        "Address the peer side listens on and outgoing peer and tracker connections "
-        "leave from; empty for all interfaces.",
+        "Address the peer side listens on and outgoing peer, tracker and mirror "
+        "connections leave from; empty for all interfaces.",
         _address,
         metavar="ADDR",
     ),
