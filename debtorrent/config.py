@@ -13,7 +13,7 @@ import configparser
 import fnmatch
 import ipaddress
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -484,8 +484,3 @@ def load_config(
         base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
         values["state_dir"] = os.path.join(base, "debtorrent")
     return Config(values)
-
-
-def describe(options: Iterable[Option] = OPTIONS) -> list[tuple[str, str, str, str]]:
-    """(name, kind, default, help) rows, for documentation generators and tests."""
-    return [(o.name, o.kind, o.default, o.help) for o in options]

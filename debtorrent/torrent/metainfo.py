@@ -10,7 +10,8 @@ Two kinds of swarm run on the same engine:
 - a **Packages swarm** (layout 1 of the design), which has no ``.torrent`` at all: every
   peer derives the same small info dict from the index it already trusts
   (:func:`swarm_info`, :func:`swarm_info_hash`), and the same file list and piece layout
-  from the index's stanzas (:class:`SwarmFiles`). Nothing in either names the mirror, so
+  from the index's stanzas (:func:`debtorrent.torrent.packages.swarm_identity`, over the
+  scanned :class:`~debtorrent.archive.packages.PackageIndex`). Nothing names the mirror, so
   users of different mirrors carrying the same index meet in one swarm.
 
 Text in a torrent (name, paths, tracker URLs) must be UTF-8; other encodings are refused
@@ -22,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -38,15 +38,12 @@ __all__ = [
     "MIN_PIECE_LENGTH",
     "FileEntry",
     "Metainfo",
-    "SwarmFiles",
-    "SwarmMeta",
     "check_path",
     "create_torrent",
     "load_torrent",
     "parse_torrent",
     "swarm_info",
     "swarm_info_hash",
-    "swarm_meta",
     "swarm_name",
 ]
 
@@ -444,124 +441,3 @@ def swarm_info_hash(
     """``SHA1(bencode(swarm_info(...)))``: the 20-byte info hash peers and trackers see."""
     info = swarm_info(origin, codename_or_suite, component, arch, packages_sha256)
     return hashlib.sha1(bencode.encode(info)).digest()
-
-
-class SwarmFiles:
-    """The files of a Packages swarm, in index order, and their layout-1 pieces.
-
-    Built from ``(Filename, Size, SHA256)`` triples in the order of the index. A
-    ``Filename`` seen again is skipped (the first stanza wins), as apt would fetch it
-    once; every peer does the same, so every peer numbers files and pieces alike. A
-    filename that could leave the archive root, a negative size or a SHA256 that is not
-    32 bytes refuses the whole index: skipping it would be just as deterministic, but a
-    signed index holding such an entry is broken or hostile.
-
-    Columns, not objects: 63,000 entries cost a list of names, a dict for lookup, an
-    ``array`` of sizes and one ``bytes`` of hashes.
-    """
-
-    __slots__ = ("_index", "_names", "_sha256", "_sizes", "duplicates", "layout")
-
-    def __init__(
-        self,
-        entries: Iterable[tuple[str, int, bytes]],
-        piece_length: int = LAYOUT1_PIECE_LENGTH,
-    ) -> None:
-        names: list[str] = []
-        index: dict[str, int] = {}
-        sizes = array("q")
-        hashes: list[bytes] = []
-        duplicates = 0
-        for filename, size, sha256 in entries:
-            if not isinstance(filename, str):
-                raise MetainfoError(f"filename {filename!r} is not a string")
-            if filename in index:
-                duplicates += 1
-                first = index[filename]
-                if sizes[first] != size or hashes[first] != sha256:
-                    log.warning("index lists %s twice with different contents", filename)
-                continue
-            _check_filename(filename)
-            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise MetainfoError(f"{filename}: size {size!r} is not a non-negative integer")
-            if not isinstance(sha256, bytes) or len(sha256) != _SHA256_LEN:
-                raise MetainfoError(f"{filename}: SHA256 is not 32 raw bytes")
-            index[filename] = len(names)
-            names.append(filename)
-            sizes.append(size)
-            hashes.append(sha256)
-        if duplicates:
-            log.debug("%d duplicate filenames skipped", duplicates)
-        self._names = names
-        self._index = index
-        self._sizes = sizes
-        self._sha256 = b"".join(hashes)
-        self.duplicates = duplicates
-        self.layout = Layout.file_aligned(sizes, piece_length)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-    def __contains__(self, filename: object) -> bool:
-        return filename in self._index
-
-    def __repr__(self) -> str:
-        return f"<SwarmFiles files={len(self._names)} pieces={self.layout.num_pieces}>"
-
-    def get(self, filename: str) -> int | None:
-        """The file index of *filename* (as in the index, no leading ``/``), or ``None``."""
-        return self._index.get(filename)
-
-    def index(self, filename: str) -> int:
-        """Like :meth:`get` but raises :class:`KeyError` for an unknown filename."""
-        return self._index[filename]
-
-    def filename(self, file_index: int) -> str:
-        return self._names[file_index]
-
-    def size(self, file_index: int) -> int:
-        return self._sizes[file_index]
-
-    def sha256(self, file_index: int) -> bytes:
-        if not 0 <= file_index < len(self._names):
-            raise IndexError(f"file {file_index} out of range")
-        return self._sha256[file_index * _SHA256_LEN : (file_index + 1) * _SHA256_LEN]
-
-    def known_piece_hash(self, piece: int) -> bytes | None:
-        """The SHA256 a piece must match when the index alone says it, else ``None``.
-
-        A file of exactly one piece: its piece is the whole file, so the index SHA256 is
-        the piece hash. Pieces of larger files get their hashes from peers (``dt_hashes``).
-        """
-        f = self.layout.piece_file(piece)
-        if len(self.layout.file_pieces(f)) == 1:
-            return self.sha256(f)
-        return None
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class SwarmMeta:
-    """Everything a Packages swarm is derived from: identity plus files."""
-
-    info: dict[bytes, Any]
-    info_hash: bytes
-    name: str
-    files: SwarmFiles
-
-
-def swarm_meta(
-    origin: str,
-    codename_or_suite: str,
-    component: str,
-    arch: str,
-    packages_sha256: bytes,
-    entries: Iterable[tuple[str, int, bytes]],
-) -> SwarmMeta:
-    """Build the :class:`SwarmMeta` of one Packages index from its stanzas."""
-    info = swarm_info(origin, codename_or_suite, component, arch, packages_sha256)
-    return SwarmMeta(
-        info=info,
-        info_hash=hashlib.sha1(bencode.encode(info)).digest(),
-        name=info[b"name"].decode("utf-8"),
-        files=SwarmFiles(entries, info[b"piece length"]),
-    )

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from debtorrent.torrent.peer import PeerConnection
     from debtorrent.torrent.session import Session
 
-__all__ = ["FileRequest", "PackageSwarm"]
+__all__ = ["FileRequest", "PackageSwarm", "swarm_identity"]
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,23 @@ class FileRequest:
         return self.final
 
 
+def swarm_identity(loaded: LoadedIndex) -> tuple[bytes, Layout]:
+    """The info hash and layout-1 piece layout of an index's swarm.
+
+    Everything comes from the index and its Release alone (never the mirror), so every
+    peer, whatever mirror it uses, derives the same swarm.
+    """
+    release = loaded.release
+    info_hash = swarm_info_hash(
+        release.origin or "unknown",
+        release.swarm_suite or "unknown",
+        loaded.component.replace("/", "-"),
+        loaded.arch,
+        bytes.fromhex(loaded.index.sha256),
+    )
+    return info_hash, Layout.file_aligned(loaded.index.sizes, LAYOUT1_PIECE_LENGTH)
+
+
 def _http_time(date: str | None) -> float:
     """Seconds since the epoch of an RFC 2822 date (the epoch itself if unreadable)."""
     try:
@@ -172,15 +189,7 @@ class PackageSwarm(Swarm):
 
     def __init__(self, session: Session, loaded: LoadedIndex, cache: Cache) -> None:
         index = loaded.index
-        layout = Layout.file_aligned(index.sizes, LAYOUT1_PIECE_LENGTH)
-        release = loaded.release
-        info_hash = swarm_info_hash(
-            release.origin or "unknown",
-            release.swarm_suite or "unknown",
-            loaded.component.replace("/", "-"),
-            loaded.arch,
-            bytes.fromhex(index.sha256),
-        )
+        info_hash, layout = swarm_identity(loaded)
         super().__init__(session, info_hash, loaded.name, layout)
         self.loaded = loaded
         self.index = index

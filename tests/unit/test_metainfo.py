@@ -10,21 +10,23 @@ from typing import Any
 import libtorrent as lt
 import pytest
 
+from debtorrent.archive.indexes import Archive
+from debtorrent.archive.packages import scan_packages
+from debtorrent.cache import Cache
 from debtorrent.errors import MetainfoError
 from debtorrent.torrent import bencode
-from debtorrent.torrent.layout import LAYOUT1_PIECE_LENGTH
+from debtorrent.torrent.layout import LAYOUT1_PIECE_LENGTH, Layout
 from debtorrent.torrent.metainfo import (
     FileEntry,
-    SwarmFiles,
     check_path,
     create_torrent,
     load_torrent,
     parse_torrent,
     swarm_info,
     swarm_info_hash,
-    swarm_meta,
     swarm_name,
 )
+from debtorrent.torrent.packages import swarm_identity
 
 KIB = 1024
 SHA = hashlib.sha256(b"Packages").digest()
@@ -331,14 +333,38 @@ def test_swarm_identity_depends_on_every_input_and_nothing_else() -> None:
         (*base[:4], hashlib.sha256(b"other").digest()),
     ]
     assert len({swarm_info_hash(*v) for v in variants} | {h}) == len(variants) + 1
-    # Mirror-independent: two mirrors serve the same index, so the same entries and hash;
-    # no host name can reach the info dict.
-    entries = [("pool/main/h/hello/hello_2.10-3_amd64.deb", 53_000, SHA)]
-    a = swarm_meta(*base, entries)
-    b = swarm_meta(*base, list(entries))
-    assert a.info_hash == b.info_hash == h
-    assert b"example" not in bencode.encode(a.info)
-    assert a.name == "Debian_bookworm_main_binary-amd64"
+
+
+def _packages(entries: list[tuple[str, int, bytes]]) -> bytes:
+    return "".join(
+        f"Package: p{i}\nFilename: {name}\nSize: {size}\nSHA256: {digest.hex()}\n\n"
+        for i, (name, size, digest) in enumerate(entries)
+    ).encode()
+
+
+def test_swarm_from_an_index_is_deterministic_and_mirror_independent(tmp_path: Path) -> None:
+    """The same Packages seen through two mirrors is one swarm: same info hash, same
+    layout; the mirror's name appears nowhere in what is hashed."""
+    packages = _packages([("pool/main/h/hello/hello_2.10-3_amd64.deb", 53_000, SHA)])
+    release = (
+        "Origin: Debian\nCodename: bookworm\nSHA256:\n"
+        f" {hashlib.sha256(packages).hexdigest()} {len(packages)} main/binary-amd64/Packages\n"
+    ).encode()
+    identities = []
+    for mirror in ("deb.example.org", "mirror.example.net:8080"):
+        archive = Archive(Cache(tmp_path / mirror.replace(":", "_")))
+        archive.add_release(mirror, "debian/dists/bookworm/InRelease", release)
+        loaded = archive.add_packages(
+            mirror, "debian/dists/bookworm/main/binary-amd64/Packages", packages
+        )
+        info_hash, layout = swarm_identity(loaded)
+        identities.append((info_hash, layout.num_pieces, loaded.name))
+    expected = swarm_info_hash(
+        "Debian", "bookworm", "main", "amd64", hashlib.sha256(packages).digest()
+    )
+    assert identities[0] == identities[1] == (expected, 1, "Debian_bookworm_main_binary-amd64")
+    info = swarm_info("Debian", "bookworm", "main", "amd64", hashlib.sha256(packages).digest())
+    assert b"example" not in bencode.encode(info)
 
 
 @pytest.mark.parametrize(
@@ -365,32 +391,29 @@ def sha(n: int) -> bytes:
     return hashlib.sha256(str(n).encode()).digest()
 
 
-def test_swarm_files_dedupe_lookup_and_layout() -> None:
+def test_index_files_dedupe_and_layout() -> None:
+    """One file per distinct Filename (first stanza wins), file-aligned pieces in index
+    order, zero-size files with no piece."""
     pl = LAYOUT1_PIECE_LENGTH
-    entries = [
-        ("pool/main/a/a_1_amd64.deb", 1000, sha(0)),
-        ("pool/main/b/b_1_amd64.deb", 3 * pl + 5, sha(1)),
-        ("pool/main/a/a_1_amd64.deb", 1000, sha(0)),  # repeated stanza: skipped
-        ("pool/main/e/empty_1_all.deb", 0, sha(2)),
-        ("pool/main/c/c_1_all.deb", pl, sha(3)),
-    ]
-    files = SwarmFiles(entries)
-    assert len(files) == 4
-    assert files.duplicates == 1
-    assert [files.filename(i) for i in range(4)] == [
+    index = scan_packages(
+        _packages(
+            [
+                ("pool/main/a/a_1_amd64.deb", 1000, sha(0)),
+                ("pool/main/b/b_1_amd64.deb", 3 * pl + 5, sha(1)),
+                ("pool/main/a/a_1_amd64.deb", 2000, sha(9)),  # repeated: the first wins
+                ("pool/main/e/empty_1_all.deb", 0, sha(2)),
+                ("pool/main/c/c_1_all.deb", pl, sha(3)),
+            ]
+        )
+    )
+    assert index.filenames == [
         "pool/main/a/a_1_amd64.deb",
         "pool/main/b/b_1_amd64.deb",
         "pool/main/e/empty_1_all.deb",
         "pool/main/c/c_1_all.deb",
     ]
-    assert files.index("pool/main/c/c_1_all.deb") == 3
-    assert files.get("pool/main/z.deb") is None
-    assert "pool/main/b/b_1_amd64.deb" in files
-    with pytest.raises(KeyError):
-        files.index("nope")
-    assert files.size(1) == 3 * pl + 5
-    assert files.sha256(3) == sha(3)
-    layout = files.layout
+    assert index.lookup("pool/main/a/a_1_amd64.deb").size == 1000
+    layout = Layout.file_aligned(index.sizes, pl)
     assert layout.num_pieces == 1 + 4 + 0 + 1
     assert [layout.file_pieces(i) for i in range(4)] == [
         range(0, 1),
@@ -398,43 +421,16 @@ def test_swarm_files_dedupe_lookup_and_layout() -> None:
         range(5, 5),
         range(5, 6),
     ]
-    # Single-piece files: the index SHA256 is the piece hash; others come from peers.
-    assert files.known_piece_hash(0) == sha(0)
-    assert files.known_piece_hash(5) == sha(3)
-    assert all(files.known_piece_hash(p) is None for p in range(1, 5))
 
 
-def test_swarm_files_first_stanza_wins() -> None:
-    files = SwarmFiles([("pool/x.deb", 10, sha(1)), ("pool/x.deb", 20, sha(2))])
-    assert (len(files), files.size(0), files.sha256(0)) == (1, 10, sha(1))
-
-
-@pytest.mark.parametrize(
-    "entry",
-    [
-        ("/pool/x.deb", 1, sha(0)),
-        ("pool/../../etc/passwd", 1, sha(0)),
-        ("pool//x.deb", 1, sha(0)),
-        ("pool/x\\y.deb", 1, sha(0)),
-        ("", 1, sha(0)),
-        (b"pool/x.deb", 1, sha(0)),
-        ("pool/x.deb", -1, sha(0)),
-        ("pool/x.deb", "1", sha(0)),
-        ("pool/x.deb", 1, sha(0)[:20]),
-    ],
-)
-def test_swarm_files_refuse_bad_entries(entry: tuple[Any, Any, Any]) -> None:
-    with pytest.raises(MetainfoError):
-        SwarmFiles([("pool/ok.deb", 1, sha(9)), entry])
-
-
-def test_swarm_files_at_bookworm_scale() -> None:
+def test_index_swarm_at_bookworm_scale() -> None:
     rng = random.Random(3)
     entries = [
         (f"pool/main/p{i % 500}/pkg{i}_1.0_amd64.deb", int(rng.lognormvariate(11, 1.9)), sha(i))
         for i in range(63_440)
     ]
-    files = SwarmFiles(entries)
-    assert len(files) == 63_440
-    assert files.index("pool/main/p7/pkg4507_1.0_amd64.deb") == 4507
-    assert files.layout.num_pieces == sum(-(-s // LAYOUT1_PIECE_LENGTH) for _, s, _ in entries)
+    index = scan_packages(_packages(entries))
+    assert len(index) == 63_440
+    assert index.positions["pool/main/p7/pkg4507_1.0_amd64.deb"] == 4507
+    layout = Layout.file_aligned(index.sizes, LAYOUT1_PIECE_LENGTH)
+    assert layout.num_pieces == sum(-(-s // LAYOUT1_PIECE_LENGTH) for _, s, _ in entries)
