@@ -405,9 +405,8 @@ class PackageSwarm(Swarm):
     def verifiable(self) -> _Verifiable:
         return self._verifiable
 
-    def verify_piece(self, piece: int) -> bool:
+    def verify_piece(self, piece: int, data: bytes) -> bool:
         expected = self.piece_hash(piece)
-        data = self.store.read(piece, 0, self.layout.piece_size(piece))
         return expected is not None and hashlib.sha256(data).digest() == expected
 
     def write_block(self, piece: int, begin: int, data: bytes) -> None:
@@ -493,6 +492,7 @@ class PackageSwarm(Swarm):
         self.store.discard(file_index)
         for piece in self.layout.file_pieces(file_index):
             self.have.discard(piece)
+            self._pending.pop(piece, None)
         self.hashes.pop(file_index, None)
         self.hash_giver.pop(file_index, None)
 

@@ -34,6 +34,7 @@ __all__ = ["Swarm", "TorrentSwarm"]
 log = logging.getLogger(__name__)
 
 MAX_PEERS_PER_SWARM = 50
+MAX_BUFFERED_PIECE = 1 << 20  # larger (v1) pieces are written block by block
 
 
 class Swarm:
@@ -52,6 +53,8 @@ class Swarm:
         self.downloaded = 0
         self.uploaded = 0
         self.closed = False
+        # blocks of unfinished pieces, verified from memory before one write
+        self._pending: dict[int, bytearray] = {}
         # failed pieces with several senders: (block, SHA1 of what was sent) -> sender
         self._suspects: dict[int, dict[tuple[int, bytes], PeerConnection]] = {}
 
@@ -120,15 +123,24 @@ class Swarm:
         return [(b.piece, b.begin, b.length) for b in blocks]
 
     def on_block(self, peer: PeerConnection, piece: int, begin: int, data: bytes) -> None:
+        """Keep a block in the piece's buffer: a piece is hashed from memory and written
+        once, whole, only after it verified (large v1 pieces are written block by block)."""
         result = self.picker.block_received(peer, piece, begin)
         if not result.new:
             return
-        try:
-            self.write_block(piece, begin, data)
-        except CacheError as exc:
-            log.warning("%s: cannot store piece %d: %s", self, piece, exc)
-            self.picker.piece_failed(piece)
-            return
+        size = self.layout.piece_size(piece)
+        if size <= MAX_BUFFERED_PIECE:
+            buffer = self._pending.get(piece)
+            if buffer is None:
+                buffer = self._pending[piece] = bytearray(size)
+            buffer[begin : begin + len(data)] = data
+        else:
+            try:
+                self.write_block(piece, begin, data)
+            except CacheError as exc:
+                log.warning("%s: cannot store piece %d: %s", self, piece, exc)
+                self._forget_piece(piece)
+                return
         self.downloaded += len(data)
         self.session.count("peers", len(data))
         for other, block in result.cancels:
@@ -148,7 +160,16 @@ class Swarm:
         An honest peer that filled the gaps of a liar's piece is never punished.
         """
         senders = self.picker.block_senders(piece)
-        if self.verify_piece(piece):
+        buffered = self._pending.pop(piece, None)
+        data = bytes(buffered) if buffered is not None else self.read_piece(piece)
+        if self.verify_piece(piece, data):
+            if buffered is not None:
+                try:
+                    self.write_block(piece, 0, data)
+                except CacheError as exc:
+                    log.warning("%s: cannot store piece %d: %s", self, piece, exc)
+                    self.picker.piece_failed(piece)
+                    return False
             self._judge(piece)
             self.add_piece(piece)
             return True
@@ -159,10 +180,19 @@ class Swarm:
         elif peers:
             suspects = self._suspects.setdefault(piece, {})
             for block, peer in senders.items():
-                data = self.read(piece, block * BLOCK_SIZE, self._block_length(piece, block))
-                suspects.setdefault((block, hashlib.sha1(data).digest()), peer)
+                start = block * BLOCK_SIZE
+                sent = data[start : start + self._block_length(piece, block)]
+                suspects.setdefault((block, hashlib.sha1(sent).digest()), peer)
         self.picker.piece_failed(piece)
         return False
+
+    def read_piece(self, piece: int) -> bytes:
+        return self.read(piece, 0, self.layout.piece_size(piece))
+
+    def _forget_piece(self, piece: int) -> None:
+        """Drop an unfinished piece's blocks (bad sender, failed store)."""
+        self._pending.pop(piece, None)
+        self.picker.piece_failed(piece)
 
     def _block_length(self, piece: int, block: int) -> int:
         return min(BLOCK_SIZE, self.layout.piece_size(piece) - block * BLOCK_SIZE)
@@ -184,10 +214,11 @@ class Swarm:
         peer.close("sent bad data")
         for other in self.picker.partial_pieces():
             if peer in self.picker.piece_senders(other):
-                self.picker.piece_failed(other)
+                self._forget_piece(other)
 
     def add_piece(self, piece: int) -> None:
         """A verified piece: record it, tell the peers, let the subclass react."""
+        self._pending.pop(piece, None)  # e.g. the mirror completed it first
         if not self.have.add(piece):
             return
         self.picker.piece_verified(piece)
@@ -223,7 +254,8 @@ class Swarm:
 
     # --- what subclasses define -------------------------------------------------------
 
-    def verify_piece(self, piece: int) -> bool:
+    def verify_piece(self, piece: int, data: bytes) -> bool:
+        """Whether a complete piece's bytes are right."""
         raise NotImplementedError
 
     def piece_verified(self, piece: int) -> None:
@@ -254,7 +286,7 @@ class TorrentSwarm(Swarm):
         for piece in range(meta.layout.num_pieces):  # recheck: seed what is on disk
             # a piece touching a file we just created cannot be there: don't hash zeros
             files = {s.file_index for s in meta.layout.piece_files(piece)}
-            if files <= existing and self.verify_piece(piece):
+            if files <= existing and self.verify_piece(piece, self.store.piece(piece)):
                 self.have.add(piece)
         for file_index in range(meta.layout.num_files):
             self.picker.set_file_priority(file_index, NORMAL)
@@ -262,8 +294,8 @@ class TorrentSwarm(Swarm):
             self.complete.set()
         log.info("%s: %d of %d pieces on disk", self, len(self.have), meta.layout.num_pieces)
 
-    def verify_piece(self, piece: int) -> bool:
-        return hashlib.sha1(self.store.piece(piece)).digest() == self.meta.piece_hash(piece)
+    def verify_piece(self, piece: int, data: bytes) -> bool:
+        return hashlib.sha1(data).digest() == self.meta.piece_hash(piece)
 
     def write_block(self, piece: int, begin: int, data: bytes) -> None:
         self.store.write(piece, begin, data)
