@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures.daemon import Daemon
+from tests.fixtures.helpers import raw_exchange
 from tests.fixtures.mirror import MirrorServer
 from tests.fixtures.net import loopback_aliases_usable
 from tests.fixtures.repo import Repo
@@ -39,17 +39,7 @@ CLIENT = "127.0.0.5"
 
 
 def exchange(daemon: Daemon, data: bytes, source: str, timeout: float = 10.0) -> bytes:
-    with socket.create_connection(
-        (daemon.bind, daemon.port), timeout=timeout, source_address=(source, 0)
-    ) as s:
-        s.sendall(data)
-        out = b""
-        try:
-            while chunk := s.recv(65536):
-                out += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass
-        return out
+    return raw_exchange(daemon.bind, daemon.port, data, timeout=timeout, source=source)
 
 
 def parse(raw: bytes) -> tuple[int, dict[bytes, bytes], bytes]:

@@ -30,6 +30,7 @@ from debian import deb822
 from tests.fixtures.apt import AptClient
 from tests.fixtures.daemon import Daemon
 from tests.fixtures.helpers import deb_target, wait_until
+from tests.fixtures.helpers import raw_exchange as exchange_bytes
 from tests.fixtures.mirror import MirrorServer, RequestRecord
 from tests.fixtures.repo import COMPRESSIONS, PackageInfo, Repo
 
@@ -128,17 +129,7 @@ def raw_exchange(
     daemon: Daemon, data: bytes, timeout: float = 10.0, source: str | None = None
 ) -> bytes:
     """Send raw bytes, read until the daemon closes (or ``timeout`` of silence)."""
-    with socket.create_connection(
-        (daemon.bind, daemon.port), timeout=timeout, source_address=(source or "", 0)
-    ) as s:
-        s.sendall(data)
-        out = b""
-        try:
-            while chunk := s.recv(65536):
-                out += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass
-        return out
+    return exchange_bytes(daemon.bind, daemon.port, data, timeout=timeout, source=source)
 
 
 def read_response_head(sock_file) -> tuple[int, dict[str, str], bytes]:
