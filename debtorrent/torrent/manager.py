@@ -38,11 +38,6 @@ class SwarmManager:
         archive.listeners.append(self._index_loaded)
         session.file_listeners.append(self._file_completed)
 
-    def start_loaded(self) -> None:
-        """Swarms for the indexes loaded before the manager existed (start-up)."""
-        for loaded in list(self.archive.loaded.values()):
-            self._index_loaded(loaded, None)
-
     def _index_loaded(self, loaded: LoadedIndex, old: LoadedIndex | None) -> None:
         digest = loaded.index.sha256
         if digest not in self.swarms:
