@@ -18,6 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from common import nginx_conf as common_nginx_conf
+
 CHECKOUT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -232,37 +234,18 @@ def nginx_conf(prefix: Path, www: Path, host: str, port: int, rate: str | None) 
 
     ``rate`` (nginx syntax, e.g. ``4m``) caps each response with ``limit_rate``.
     """
-    prefix.mkdir(parents=True, exist_ok=True)
-    temps = "\n".join(
-        f"    {kind}_temp_path {prefix}/{kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
     limit = f"limit_rate {rate};" if rate else ""
-    conf = prefix / "nginx.conf"
-    conf.write_text(
-        f"""daemon off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    default_type application/octet-stream;
-    sendfile on;
-    keepalive_requests 1000000;
-    keepalive_timeout 65;
-    log_format bench '$remote_addr "$request" $status $body_bytes_sent '
-                     '"$http_range" $request_time $msec';
-{temps}
-    server {{
+    log_format = (
+        "    log_format bench '$remote_addr \"$request\" $status $body_bytes_sent '\n"
+        "                     '\"$http_range\" $request_time $msec';"
+    )
+    server = f"""    server {{
         listen {host}:{port} sndbuf=64k;
         root {www};
         access_log {prefix}/access.log bench;
         {limit}
-    }}
-}}
-"""
-    )
-    return conf
+    }}"""
+    return common_nginx_conf(prefix, server, log_format)
 
 
 ACCESS_RE = re.compile(

@@ -217,22 +217,10 @@ def build_repo(
 # --- nginx --------------------------------------------------------------------------
 
 
-def start_nginx(
-    procs: Processes, prefix: Path, www: Path, servers: dict[str, int]
-) -> subprocess.Popen:
-    """One nginx, one worker, sendfile on, serving ``www`` on each port of ``servers``.
-
-    ``servers`` maps a name to a port; the server named ``mirror`` writes an access log
-    (``prefix/mirror.log``) so a benchmark can tell which files were fetched; the others
-    log nothing.
-    """
+def nginx_conf(prefix: Path, servers: str, http_extra: str = "") -> Path:
+    """Write ``prefix/nginx.conf``: one worker, sendfile on, keep-alive, temp paths under
+    ``prefix``; ``servers`` (and ``http_extra``) go inside its ``http`` block."""
     prefix.mkdir(parents=True, exist_ok=True)
-    blocks = []
-    for name, port in servers.items():
-        log = f"access_log {prefix}/mirror.log;" if name == "mirror" else "access_log off;"
-        blocks.append(
-            f"    server {{ listen 127.0.0.1:{port}; server_name {name}; root {www}; {log} }}"
-        )
     temps = "\n".join(
         f"    {kind}_temp_path {prefix}/{kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -249,11 +237,32 @@ http {{
     sendfile on;
     keepalive_requests 1000000;
     keepalive_timeout 65;
+{http_extra}
 {temps}
-{chr(10).join(blocks)}
+{servers}
 }}
 """
     )
+    return conf
+
+
+def start_nginx(
+    procs: Processes, prefix: Path, www: Path, servers: dict[str, int]
+) -> subprocess.Popen:
+    """One nginx, one worker, sendfile on, serving ``www`` on each port of ``servers``.
+
+    ``servers`` maps a name to a port; the server named ``mirror`` writes an access log
+    (``prefix/mirror.log``) so a benchmark can tell which files were fetched; the others
+    log nothing.
+    """
+    prefix.mkdir(parents=True, exist_ok=True)
+    blocks = []
+    for name, port in servers.items():
+        log = f"access_log {prefix}/mirror.log;" if name == "mirror" else "access_log off;"
+        blocks.append(
+            f"    server {{ listen 127.0.0.1:{port}; server_name {name}; root {www}; {log} }}"
+        )
+    conf = nginx_conf(prefix, "\n".join(blocks))
     proc = procs.start(
         "nginx",
         ["nginx", "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)],
@@ -279,21 +288,10 @@ def start_debtorrent(
         "--log-level",
         level,
     ]
-    if "--peer-port" in _daemon_help():  # the peer side listens too: keep it on loopback
-        args += ["--peer-port", str(free_port()), "--peer-bind", "127.0.0.1"]
+    args += ["--peer-port", str(free_port()), "--peer-bind", "127.0.0.1"]  # keep it local
     proc = procs.start("debtorrent", args, log, cwd=CHECKOUT)
     wait_port(port, proc)
     return proc
-
-
-def _daemon_help() -> str:
-    out = subprocess.run(
-        [sys.executable, str(DEBTORRENT), "--help"], capture_output=True, text=True, timeout=30
-    )
-    return out.stdout
-
-
-# --- HTTP ---------------------------------------------------------------------------
 
 
 def get(port: int, path: str, timeout: float = 60.0) -> tuple[int, bytes]:

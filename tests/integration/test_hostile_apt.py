@@ -33,6 +33,7 @@ import pytest
 from tests.conftest import require_tools
 from tests.fixtures.apt import AptClient
 from tests.fixtures.daemon import Daemon
+from tests.fixtures.helpers import closed_by_peer
 from tests.fixtures.mirror import MirrorServer
 from tests.fixtures.net import loopback_aliases_usable
 from tests.fixtures.repo import PackageInfo, Repo
@@ -151,16 +152,7 @@ def _report_daemon_log(request: pytest.FixtureRequest, apt: Apt) -> Iterator[Non
 
 def _open_and_closed(socks: list[socket.socket]) -> tuple[int, int]:
     """(still open, closed by the daemon) among ``socks``."""
-    closed = 0
-    for s in socks:
-        s.settimeout(0.001)
-        try:
-            if s.recv(4096) == b"":
-                closed += 1
-        except (TimeoutError, BlockingIOError):
-            pass
-        except OSError:
-            closed += 1
+    closed = closed_by_peer(socks)
     return len(socks) - closed, closed
 
 

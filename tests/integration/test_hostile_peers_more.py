@@ -38,7 +38,7 @@ from debtorrent.torrent.peer import HANDSHAKE_TIMEOUT
 from tests.conftest import require_tools
 from tests.fixtures.apt import AptClient
 from tests.fixtures.daemon import Daemon
-from tests.fixtures.helpers import wait_until
+from tests.fixtures.helpers import closed_by_peer, wait_until
 from tests.fixtures.mirror import MirrorServer
 from tests.fixtures.net import loopback_aliases_usable
 from tests.fixtures.peer import FakeSeed, WirePeer, make_peer_id
@@ -466,20 +466,6 @@ def test_flood_of_requests_while_choked_with_the_fast_extension(target: Target) 
 SLOWLORIS = 300
 
 
-def _count_closed(socks: list[socket.socket]) -> int:
-    closed = 0
-    for s in socks:
-        s.settimeout(0.001)
-        try:
-            if s.recv(4096) == b"":
-                closed += 1
-        except (TimeoutError, BlockingIOError):
-            pass
-        except OSError:
-            closed += 1
-    return closed
-
-
 def test_slowloris_half_handshakes_are_closed_after_the_handshake_timeout(
     target: Target,
 ) -> None:
@@ -500,11 +486,11 @@ def test_slowloris_half_handshakes_are_closed_after_the_handshake_timeout(
                 socks.append(s)
             time.sleep(1.0)
             fds = target.fds()
-            early = _count_closed(socks)
+            early = closed_by_peer(socks)
             print(f"{fds} descriptors open in the daemon with {SLOWLORIS} half handshakes")
             assert early == 0, f"{early} half handshakes closed before the timeout"
             deadline = t0 + HANDSHAKE_TIMEOUT + 5
-            while (closed := _count_closed(socks)) < len(socks):
+            while (closed := closed_by_peer(socks)) < len(socks):
                 assert time.monotonic() < deadline, (
                     f"only {closed} of {len(socks)} half handshakes closed after "
                     f"{time.monotonic() - t0:.1f} s"
@@ -577,7 +563,7 @@ def test_burst_of_1000_connections_the_caps_hold(target: Target) -> None:
                     refused += 1
             time.sleep(2.0)
             # the daemon answers the handshake of the admitted ones and closes the rest
-            kept = len(socks) - _count_closed(socks)
+            kept = len(socks) - closed_by_peer(socks)
             status = target.status()
             stop.set()
             watcher.join(timeout=5)
