@@ -33,8 +33,19 @@ __all__ = ["Swarm", "TorrentSwarm"]
 
 log = logging.getLogger(__name__)
 
-MAX_PEERS_PER_SWARM = 50
 MAX_BUFFERED_PIECE = 1 << 20  # larger (v1) pieces are written block by block
+
+
+class _Both:
+    """The pieces in both of two containers (a picker ``only`` restriction)."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: Container[int], b: Container[int]) -> None:
+        self.a, self.b = a, b
+
+    def __contains__(self, piece: object) -> bool:
+        return piece in self.a and piece in self.b
 
 
 class Swarm:
@@ -80,10 +91,7 @@ class Swarm:
         self.peers.discard(peer)
         self.session.release(peer)
         self.picker.drop_peer(peer)
-        if peer.seed:
-            self.picker.remove_seed()
-        else:
-            self.picker.remove_bitfield(peer.has)
+        self.drop_availability(peer)
         self.peer_gone(peer)
 
     def peer_gone(self, peer: PeerConnection) -> None:
@@ -100,6 +108,15 @@ class Swarm:
     def on_have(self, peer: PeerConnection, piece: int) -> None:
         if not peer.seed:
             self.picker.inc_availability(piece)
+
+    def drop_availability(self, peer: PeerConnection) -> None:
+        """Take what the peer has out of the availability (it left, or it sent a new
+        bitfield that replaces the old one); :meth:`on_bitfield` puts a new set in."""
+        if peer.seed:
+            peer.seed = False
+            self.picker.remove_seed()
+        else:
+            self.picker.remove_bitfield(peer.has)
 
     def on_bitfield(self, peer: PeerConnection) -> None:
         if peer.has.complete:
@@ -118,8 +135,15 @@ class Swarm:
 
     # --- blocks --------------------------------------------------------------------------
 
-    def pick(self, peer: PeerConnection, n_blocks: int) -> list[tuple[int, int, int]]:
-        blocks = self.picker.pick(peer, peer.has, n_blocks, only=self.verifiable())
+    def pick(
+        self, peer: PeerConnection, n_blocks: int, *, allowed: Container[int] | None = None
+    ) -> list[tuple[int, int, int]]:
+        """Blocks to request from *peer*; only from *allowed* pieces if given (the BEP 6
+        allowed-fast pieces of a peer that chokes us)."""
+        only = self.verifiable()
+        if allowed is not None:
+            only = allowed if only is None else _Both(allowed, only)
+        blocks = self.picker.pick(peer, peer.has, n_blocks, only=only)
         return [(b.piece, b.begin, b.length) for b in blocks]
 
     def on_block(self, peer: PeerConnection, piece: int, begin: int, data: bytes) -> None:

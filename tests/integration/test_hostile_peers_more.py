@@ -32,9 +32,9 @@ from pathlib import Path
 import pytest
 
 from debtorrent.archive.packages import scan_packages
+from debtorrent.policy import PeerTimeouts
 from debtorrent.torrent import wire
 from debtorrent.torrent.layout import Layout
-from debtorrent.torrent.peer import HANDSHAKE_TIMEOUT
 from tests.conftest import require_tools
 from tests.fixtures.apt import AptClient
 from tests.fixtures.daemon import Daemon
@@ -48,6 +48,7 @@ pytestmark = pytest.mark.skipif(
     not loopback_aliases_usable(), reason="needs distinct 127.0.0.x addresses"
 )
 
+HANDSHAKE_TIMEOUT = PeerTimeouts().handshake
 MiB = 1024 * 1024
 PROMPT = 2.0  # seconds an apt request for a cached file may take during an attack
 PROBE_TIMEOUT = 5.0
