@@ -44,6 +44,7 @@ from debtorrent.torrent.peer import PeerConnection
 from debtorrent.torrent.peer_list import CANDIDATE_SOURCES, Candidate, PeerList
 from debtorrent.torrent.swarm import Swarm
 from debtorrent.torrent.tracker import Announcer
+from debtorrent.torrent.webseed import MirrorHealth
 
 __all__ = ["NOTE_LOGGER", "Session", "SessionSettings", "plain_ip"]
 
@@ -100,6 +101,8 @@ class Session:
         #: the clock of strikes, bans and the peer lists (tests step their own)
         self.clock = time.monotonic
         self.mirror = mirror
+        #: per-mirror back-off of the HTTP seeds (a dead mirror is not hammered)
+        self.mirror_health = MirrorHealth(self.policy.mirror_backoff, self.policy.mirror_log_period)
         self.peer_id = wire.peer_id()
         self.swarms: dict[bytes, Swarm] = {}
         self.connections: set[PeerConnection] = set()

@@ -711,9 +711,16 @@ class FetchFinished:
 
 @dataclass(frozen=True, slots=True)
 class FetchAborted:
-    """The sender stopped fetching (error, cancelled, lost the tie-break)."""
+    """The sender stopped fetching (error, cancelled, lost the tie-break).
+
+    *failed* (key ``failed``, 1): the file the sender had failed its whole-file check
+    at the source (the mirror sent a bad file, or a peer's hash list led to one). Its
+    pieces of that file and the hash list it gave are void: a receiver drops them and
+    does not ban the sender for them. Peers that predate the key read a plain abort.
+    """
 
     file_index: int
+    failed: bool = False
 
 
 _FETCH_TYPES: dict[type, int] = {FetchStarted: 0, FetchFinished: 1, FetchAborted: 2}
@@ -724,6 +731,8 @@ def encode_dt_fetching(msg: FetchStarted | FetchFinished | FetchAborted) -> dict
     payload: dict[str, Any] = {"msg_type": _FETCH_TYPES[type(msg)], "file": msg.file_index}
     if isinstance(msg, FetchStarted):
         payload["t"] = msg.started_ms
+    if isinstance(msg, FetchAborted) and msg.failed:
+        payload["failed"] = 1
     return payload
 
 
@@ -738,7 +747,9 @@ def decode_dt_fetching(
         if not isinstance(t, int) or not 0 <= t < 1 << 63:
             raise ProtocolError(f"dt_fetching: start time {t!r} is not a timestamp")
         return FetchStarted(index, t)
-    return FetchFinished(index) if msg_type == 1 else FetchAborted(index)
+    if msg_type == 1:
+        return FetchFinished(index)
+    return FetchAborted(index, failed=payload.get(b"failed") == 1)
 
 
 class FetchClaim(NamedTuple):

@@ -437,7 +437,8 @@ def test_dt_hashes_ignores_extra_keys() -> None:
 
 
 @pytest.mark.parametrize(
-    "msg", [FetchStarted(7, 1_764_000_000_123), FetchFinished(7), FetchAborted(0)]
+    "msg",
+    [FetchStarted(7, 1_764_000_000_123), FetchFinished(7), FetchAborted(0), FetchAborted(3, True)],
 )
 def test_dt_fetching_round_trip(msg: Any) -> None:
     payload = through_wire(wire.encode_dt_fetching(msg))
@@ -472,3 +473,13 @@ def test_fetch_winner_earliest_then_lowest_peer_id() -> None:
         assert wire.fetch_winner(order) == c
     with pytest.raises(ValueError):
         wire.fetch_winner([])
+
+
+def test_dt_fetching_failed_flag_is_a_plain_abort_to_older_peers() -> None:
+    """The "failed at the source" flag is an extra key: a peer that predates it reads a
+    plain abort (unknown keys are ignored), so a mixed fleet keeps talking."""
+    payload = wire.encode_dt_fetching(FetchAborted(2, failed=True))
+    assert payload == {"msg_type": 2, "file": 2, "failed": 1}
+    assert wire.encode_dt_fetching(FetchAborted(2)) == {"msg_type": 2, "file": 2}
+    older = {k.encode(): v for k, v in payload.items() if k != "failed"}
+    assert wire.decode_dt_fetching(older, num_files=3) == FetchAborted(2)
