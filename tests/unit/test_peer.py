@@ -25,8 +25,9 @@ from debtorrent.torrent.picker import PieceSet
 from debtorrent.torrent.session import Session
 from debtorrent.torrent.storage import TorrentStore
 from debtorrent.torrent.swarm import TorrentSwarm
-from tests.fixtures.engine import (
+from tests.fixtures.engine import (  # noqa: F401 (close_remotes: an autouse fixture)
     PLAIN,
+    close_remotes,
     connect_pair,
     engine_session,
     make_torrent,

@@ -21,7 +21,13 @@ from debtorrent.torrent import wire
 from debtorrent.torrent.peer_list import PeerList
 from debtorrent.torrent.session import Session, plain_ip
 from debtorrent.torrent.swarm import TorrentSwarm
-from tests.fixtures.engine import FAST_EXT, RemotePeer, engine_session, make_torrent, wait_for
+from tests.fixtures.engine import (
+    FAST_EXT,
+    RemotePeer,
+    engine_session,
+    make_torrent,
+    wait_for,
+)
 from tests.fixtures.net import loopback_aliases_usable
 
 PIECE = 64 * 1024
