@@ -27,8 +27,9 @@ from debtorrent.expiry import Expiry
 from debtorrent.fetch import Fetcher
 from debtorrent.metrics import metrics_app
 from debtorrent.mirror import Mirror
+from debtorrent.policy import Policy
 from debtorrent.state import State
-from debtorrent.status import Status
+from debtorrent.status import Status, StatusSources
 from debtorrent.torrent.manager import SwarmManager
 from debtorrent.torrent.session import Session, SessionSettings
 
@@ -60,7 +61,16 @@ class Daemon:
         self.state = State(config.state_dir)
         self.expiry = Expiry(self.cache, self.archive, config.cache_limit, self.swarms.forget)
         self.started = time.monotonic()
-        self.status = Status(self)
+        self.status = Status(
+            StatusSources(
+                session=self.session,
+                cache_root=self.cache.root,
+                apt_port=config.port,
+                started=self.started,
+                all_time=self.state.totals,
+                mirror_downloads=lambda: self.fetcher.active.values(),
+            )
+        )
         self.app.on_request = self.status.on_request
         self.app.routes["/"] = self.status.page_app
         self.app.routes["/status.json"] = self.status.json_app
@@ -135,6 +145,7 @@ def session_settings(config: Config) -> SessionSettings:
         http_seed_delay=config.http_seed_delay,
         http_seed_min_rate=config.http_seed_min_rate,
         http_timeout=config.http_timeout,
+        policy=Policy.from_config(config),
     )
 
 

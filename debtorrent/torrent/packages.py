@@ -42,7 +42,7 @@ from debtorrent.torrent.layout import LAYOUT1_PIECE_LENGTH, Layout
 from debtorrent.torrent.metainfo import swarm_info_hash
 from debtorrent.torrent.picker import DISABLED, HIGH, PieceSet
 from debtorrent.torrent.storage import PackageStore
-from debtorrent.torrent.swarm import Swarm
+from debtorrent.torrent.swarm import FileProgress, Swarm, SwarmInfo
 from debtorrent.torrent.webseed import MirrorFetch, mirror_url
 
 if TYPE_CHECKING:
@@ -672,6 +672,38 @@ class PackageSwarm(Swarm):
                 del self.peer_fetching[file_index]
         for key in [k for k in self._hash_asked if k[1] is peer]:
             del self._hash_asked[key]
+
+    # --- status ------------------------------------------------------------------------------
+
+    def info(self) -> SwarmInfo:
+        return SwarmInfo(
+            mirror=self.loaded.mirror,
+            index_date=self.loaded.release.date,
+            files_enabled=len(self.requests),
+            files_complete=self.complete_files,
+        )
+
+    def downloads(self) -> list[FileProgress]:
+        now = time.monotonic()
+        out = []
+        for file_index, request in list(self.requests.items()):
+            if file_index in self.fetches:
+                source = "mirror"
+            elif file_index in self.peer_fetching:
+                source = "peers (fetching from the mirror)"
+            else:
+                source = "peers"
+            out.append(
+                FileProgress(
+                    mirror=self.loaded.mirror,
+                    path=self.index.filenames[file_index],
+                    size=self.layout.file_size(file_index),
+                    done=self._bytes_done(file_index),
+                    source=source,
+                    waiting=round(now - request.started, 1),
+                )
+            )
+        return out
 
     def close(self) -> None:
         for fetch in list(self.fetches.values()):

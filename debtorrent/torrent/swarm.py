@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Container
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,11 +30,33 @@ if TYPE_CHECKING:
     from debtorrent.torrent.peer import PeerConnection
     from debtorrent.torrent.session import Session
 
-__all__ = ["Swarm", "TorrentSwarm"]
+__all__ = ["FileProgress", "Swarm", "SwarmInfo", "TorrentSwarm"]
 
 log = logging.getLogger(__name__)
 
 MAX_BUFFERED_PIECE = 1 << 20  # larger (v1) pieces are written block by block
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmInfo:
+    """What the status page shows of a swarm beyond its pieces and peers."""
+
+    mirror: str | None = None  #: the mirror whose index it is (package swarms)
+    index_date: str | None = None  #: the Release's Date, as the mirror wrote it
+    files_enabled: int = 0  #: files asked for and not complete
+    files_complete: int = 0  #: files verified and seeded
+
+
+@dataclass(frozen=True, slots=True)
+class FileProgress:
+    """A file on its way through a swarm, as the status page lists it."""
+
+    mirror: str
+    path: str
+    size: int
+    done: int  #: bytes verified
+    source: str  #: "peers", "mirror" or "peers (fetching from the mirror)"
+    waiting: float  #: seconds since it was asked for
 
 
 class _Both:
@@ -270,6 +293,14 @@ class Swarm:
         """Something new is wanted: ask every peer whether it can help."""
         for peer in list(self.peers):
             peer.update_interest()
+
+    def info(self) -> SwarmInfo:
+        """For the status page (package swarms say more)."""
+        return SwarmInfo()
+
+    def downloads(self) -> list[FileProgress]:
+        """Files being fetched for someone waiting (none in a v1 swarm)."""
+        return []
 
     @property
     def seeding(self) -> bool:

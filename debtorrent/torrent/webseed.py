@@ -9,6 +9,12 @@ is complete, so peers waiting on this daemon get it while the rest is still comi
 A fetch knows its swarm only through :class:`WebSeedSink` (the layout, what is had,
 where pieces and the end go), so this module imports nothing of the package swarm.
 
+For a standard v1 ``.torrent`` (the standalone entry point), :class:`WebSeed` is a BEP 19
+``url-list`` web seed: like libtorrent's web peer, it is one more peer of the swarm,
+with every piece, that the picker asks for blocks; it fetches each piece's byte ranges
+from the files the piece spans and hands the blocks to the swarm, which verifies them
+like any peer's.
+
 A dead mirror is not hammered: :class:`MirrorHealth` keeps a back-off per mirror (2, 4,
 8 ... s up to :attr:`~debtorrent.policy.Policy.mirror_backoff`'s cap) after failures of
 the mirror itself (refused, 5xx, timed out, cut off; not a 404 nor a bad file), the swarm
@@ -23,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Container
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote
 
 import gevent
@@ -36,9 +42,13 @@ from debtorrent.errors import (
 )
 from debtorrent.mirror import Mirror
 from debtorrent.policy import Backoff
-from debtorrent.torrent.layout import Layout
+from debtorrent.torrent.layout import BLOCK_SIZE, Layout
+from debtorrent.torrent.picker import PieceSet
 
-__all__ = ["MirrorFetch", "MirrorHealth", "WebSeedSink", "mirror_url"]
+if TYPE_CHECKING:
+    from debtorrent.torrent.swarm import TorrentSwarm
+
+__all__ = ["MirrorFetch", "MirrorHealth", "WebSeed", "WebSeedSink", "mirror_url", "web_seed_url"]
 
 log = logging.getLogger(__name__)
 
@@ -251,3 +261,147 @@ class MirrorFetch:
         if piece < stop:
             raise MirrorError(self.url, f"body ended at piece {piece - pieces.start}")
         return ranged
+
+
+# --- BEP 19 web seeds of a v1 torrent ---------------------------------------------------------
+
+
+def web_seed_url(base: str, path: tuple[str, ...], multi_file: bool) -> str:
+    """The URL of one file of a torrent on a BEP 19 web seed.
+
+    *path* is the file's path as the metainfo gives it, the torrent's name first. A
+    multi-file torrent's files are ``<base>/<name>/<path...>`` (a slash is added to a
+    base without one); a single-file torrent's base is the file itself unless it ends
+    with a slash, then ``<base><name>``.
+    """
+    if not multi_file:
+        return base + quote(path[-1]) if base.endswith("/") else base
+    if not base.endswith("/"):
+        base += "/"
+    return base + "/".join(quote(part) for part in path)
+
+
+class WebSeed:
+    """One ``url-list`` URL of a v1 torrent, as a peer of its swarm (see module doc).
+
+    It asks the picker for up to ``pieces_per_round`` pieces' worth of blocks at a time
+    (whole pieces, as libtorrent's web peer does), fetches them in order, and stops after
+    ``max_bad_pieces`` pieces that failed verification: a web seed serving other bytes
+    is dropped, as a peer would be banned.
+    """
+
+    pieces_per_round = 4
+    max_bad_pieces = 3
+    idle_wait = 1.0
+
+    def __init__(
+        self,
+        swarm: TorrentSwarm,
+        base_url: str,
+        mirror: Mirror,
+        health: MirrorHealth | None = None,
+    ) -> None:
+        self.swarm = swarm
+        self.base_url = base_url
+        self.mirror = mirror
+        self.health = health
+        self.host = base_url.split("/", 3)[2] if "://" in base_url else base_url
+        self.has = PieceSet.full(swarm.layout.num_pieces)
+        self.seed = True
+        self.bad_pieces = 0
+        self.downloaded = 0
+        self.greenlet: gevent.Greenlet | None = None
+
+    def __repr__(self) -> str:
+        return f"<web seed {self.base_url}>"
+
+    def start(self) -> None:
+        self.swarm.picker.add_seed()
+        self.greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        if self.greenlet is not None:
+            self.greenlet.kill(block=False)
+            self.greenlet = None
+            self.swarm.picker.drop_peer(self)
+            self.swarm.picker.remove_seed()
+
+    def cancel(self, piece: int, begin: int) -> None:
+        """Endgame: another peer sent this block first; nothing to take back over HTTP."""
+
+    def _url(self, file_index: int) -> str:
+        meta = self.swarm.meta
+        return web_seed_url(self.base_url, meta.files[file_index].path, meta.multi_file)
+
+    def _run(self) -> None:
+        try:
+            while not self.swarm.closed and self.bad_pieces < self.max_bad_pieces:
+                if self.health is not None and not self.health.ready(self.host):
+                    gevent.sleep(max(self.health.retry_in(self.host), 0.1))
+                    continue
+                blocks = self.swarm.pick(self, self.pieces_per_round * self._blocks_per_piece())
+                if not blocks:
+                    if self.swarm.have.complete:
+                        return
+                    gevent.sleep(self.idle_wait)
+                    continue
+                pieces = sorted({piece for piece, _, _ in blocks})
+                try:
+                    for piece in pieces:
+                        self._fetch_piece(piece)
+                except DebtorrentError as exc:
+                    # any failure of a web seed (a 404 too: the file is not there) backs off
+                    self.swarm.picker.drop_peer(self)
+                    if self.health is not None:
+                        self.health.failed(self.host, exc)
+                    else:
+                        log.warning("%s: %s", self, exc)
+                        gevent.sleep(self.idle_wait)
+                else:
+                    if self.health is not None:
+                        self.health.succeeded(self.host)
+            if self.bad_pieces >= self.max_bad_pieces:
+                log.warning(
+                    "%s: %d pieces failed verification; not used any more", self, self.bad_pieces
+                )
+        finally:
+            self.swarm.picker.drop_peer(self)
+
+    def _blocks_per_piece(self) -> int:
+        return -(-self.swarm.layout.piece_length // BLOCK_SIZE)
+
+    def _fetch_piece(self, piece: int) -> None:
+        """GET the piece's byte ranges of every file it spans, then hand its blocks over."""
+        layout = self.swarm.layout
+        data = bytearray()
+        for segment in layout.piece_files(piece):
+            data += self._get(self._url(segment.file_index), segment.offset, segment.length)
+        if len(data) != layout.piece_size(piece):
+            raise MirrorError(self.base_url, f"piece {piece}: {len(data)} bytes")
+        self.downloaded += len(data)
+        for begin in range(0, len(data), BLOCK_SIZE):
+            if self.swarm.closed:
+                return
+            self.swarm.on_block(self, piece, begin, bytes(data[begin : begin + BLOCK_SIZE]))
+        if piece not in self.swarm.have and not self.swarm.picker.piece_senders(piece):
+            self.bad_pieces += 1  # the swarm dropped it: it failed verification
+
+    def _get(self, url: str, offset: int, length: int) -> bytes:
+        """Bytes ``offset .. offset+length`` of a file; a server ignoring Range sends the
+        whole file (200), which is read up to the end of the range."""
+        response = self.mirror.get(url, {"Range": f"bytes={offset}-{offset + length - 1}"})
+        skip = offset if response.status == 200 else 0
+        if response.status == 206 and response.start != offset:
+            response.release()
+            raise MirrorError(url, f"asked for byte {offset}, got {response.start}")
+        out = bytearray()
+        for chunk in response.chunks():
+            if skip:
+                cut = min(skip, len(chunk))
+                chunk, skip = chunk[cut:], skip - cut
+            out += chunk
+            if len(out) >= length:
+                break  # closing the body's generator releases (and drops) the connection
+        if len(out) < length:
+            raise MirrorError(url, f"{len(out)} of {length} bytes at offset {offset}")
+        return bytes(out[:length])
