@@ -254,7 +254,8 @@ class MirrorFetch:
                 piece_size = layout.piece_size(piece)
                 data = bytes(buffer[:piece_size])
                 del buffer[:piece_size]
-                self.sink.mirror_piece(self, piece, data)
+                if piece not in self.sink.have:  # a whole-file stream skips what is had
+                    self.sink.mirror_piece(self, piece, data)
                 piece += 1
             if buffer and piece >= stop:
                 raise VerificationError(self.url, "longer than the index says")
