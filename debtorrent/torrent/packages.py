@@ -81,6 +81,7 @@ class FileRequest:
         self.final: Path | None = None
         self.started = time.monotonic()
         self.attempts = attempts
+        self.mirror_tries = 0  # fetches from the mirror started for this request
         self._pieces = swarm.layout.file_pieces(file_index)
         self._prefix = 0  # bytes from the start of the file in verified pieces
         self._next = self._pieces.start
@@ -336,7 +337,14 @@ class PackageSwarm(Swarm):
         if not force and self.peer_fetching.get(file_index):
             return
         mirror, health = self.loaded.mirror, self.session.mirror_health
-        if not health.ready(mirror):  # a failing mirror backs off: not asked meanwhile
+        request = self.requests.get(file_index)
+        first_try = request is not None and not request.mirror_tries
+        if request is not None:
+            request.mirror_tries += 1
+        # a failing mirror backs off: the supervisor's retries wait, while the first try
+        # for an apt request goes (apt's own retries are few and spaced; a mirror that
+        # is back is used at once)
+        if not first_try and not health.ready(mirror):
             if not self._peers_may_supply(file_index):
                 wait = health.retry_in(mirror)
                 self._fail(file_index, MirrorError(mirror, f"failing; next try in {wait:.0f} s"))

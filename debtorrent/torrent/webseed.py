@@ -17,7 +17,8 @@ like any peer's.
 
 A dead mirror is not hammered: :class:`MirrorHealth` keeps a back-off per mirror (2, 4,
 8 ... s up to :attr:`~debtorrent.policy.Policy.mirror_backoff`'s cap) after failures of
-the mirror itself (refused, 5xx, timed out, cut off; not a 404 nor a bad file), the swarm
+the mirror itself (refused, a 5xx, no answer in time; not a 404, nor a body cut or wrong
+after the mirror answered: it is up, and apt's retry may go to it at once), the swarm
 asks it before starting a fetch, and the failures are logged once per period with a
 count instead of once each (before: 141 to 211 "connection refused" warnings per daemon
 in a minute).
@@ -158,6 +159,7 @@ class MirrorFetch:
         self.host = host or url.split("/", 3)[2]
         self.started_ms = int(time.time() * 1000)
         self.last_modified: str | None = None  # the mirror's Last-Modified for the file
+        self.answered = False  # the mirror answered (a failure after that is no outage)
         self.yielded = False
         self.greenlet: gevent.Greenlet | None = None
 
@@ -178,14 +180,13 @@ class MirrorFetch:
             self._transfer()
         except DebtorrentError as exc:
             error = exc
-            if self.health is not None and self.health.counts(exc):
-                self.health.failed(self.host, exc)
+            if self.health is not None and not self.answered and self.health.counts(exc):
+                self.health.failed(self.host, exc)  # refused, 5xx, no answer: back off
             else:
                 log.warning("%s: mirror fetch of %s failed: %s", self.sink, self.url, exc)
-        else:
-            if self.health is not None and not self.yielded:
-                self.health.succeeded(self.host)
         finally:
+            if self.health is not None and self.answered:
+                self.health.succeeded(self.host)
             if self.yielded and error is None:
                 error = MirrorError(self.url, "left to another daemon")
             self.sink.mirror_done(self, error)
@@ -229,6 +230,7 @@ class MirrorFetch:
         whole = first == 0 and last == size
         headers = {} if whole else {"Range": f"bytes={first}-{last - 1}"}
         response = self.mirror.get(self.url, headers)
+        self.answered = True
         if response.last_modified:
             self.last_modified = response.last_modified
         ranged = response.status == 206

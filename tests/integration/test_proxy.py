@@ -582,7 +582,7 @@ def test_a_failed_mirror_fetch_is_retried_from_the_start(
     p = repo.package("dt-big")
     mirror.fault(p.filename, "truncate", times=1)
     status, _, body = request(daemon, deb_target(mirror, p))
-    assert status != 200 or len(body) != p.size
+    assert status == 502, (status, body[:200])  # cut before the first byte reached apt
     status, _, body = request(daemon, deb_target(mirror, p))
     assert (status, sha256(body)) == (200, p.sha256)
     assert [r.range for r in deb_requests(mirror, p)] == [None, None]
