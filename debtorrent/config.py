@@ -349,6 +349,15 @@ OPTIONS: tuple[Option, ...] = (
         metavar="N",
     ),
     Option(
+        "choke-interval",
+        "seconds",
+        "10",
+        "Seconds between choke rounds (tit-for-tat ranking, optimistic unchoke); a peer "
+        "that becomes interested gets a free upload slot at once, between rounds.",
+        _positive_float,
+        metavar="SECS",
+    ),
+    Option(
         "old-swarm-keep",
         "seconds",
         "3600",

@@ -132,6 +132,7 @@ def session_settings(config: Config) -> SessionSettings:
         max_peers=config.max_peers,
         max_peers_per_swarm=config.max_peers_per_swarm,
         upload_slots=config.upload_slots,
+        choke_interval=config.choke_interval,
         http_seed_delay=config.http_seed_delay,
         http_seed_min_rate=config.http_seed_min_rate,
         http_timeout=config.http_timeout,
