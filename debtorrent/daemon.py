@@ -83,6 +83,7 @@ class Daemon:
             (bind, self.config.port),
             self.app,
             self.config.client_allowed,
+            prefetch=self.app.prefetch,
             log=None,
             error_log=logging.getLogger("debtorrent.http"),
         )

@@ -9,13 +9,16 @@ saved uncompressed and loaded; ``.deb`` files are verified against their index.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import gevent
+from gevent.event import AsyncResult
+
+from debtorrent import offload
 from debtorrent.apt.urls import FileClass, Target, classify
 from debtorrent.archive.indexes import Archive, PackageMatch
 from debtorrent.archive.packages import compression_of, decompress
@@ -23,6 +26,7 @@ from debtorrent.cache import Cache, TempFile
 from debtorrent.errors import (
     BadIndexError,
     CacheError,
+    DebtorrentError,
     MirrorError,
     MirrorNotFoundError,
     NotFoundError,
@@ -32,6 +36,9 @@ from debtorrent.fetch import Download, Expected, Fetcher, Transfer
 __all__ = ["Cached", "Proxy"]
 
 log = logging.getLogger(__name__)
+
+
+_PREFETCHED = frozenset({FileClass.PACKAGE, FileClass.IMMUTABLE, FileClass.BY_HASH})
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,24 @@ class Proxy:
         self.fetcher = fetcher
         self.header_timeout = header_timeout
         self.package_source: PackageSource | None = None
+        self._loading: dict[tuple[str, str, str], AsyncResult] = {}  # index loads running
+
+    def prefetch(self, target: Target) -> None:
+        """Start fetching a file apt has asked for on a connection busy with earlier
+        answers, so that it is on its way (or done) when its turn comes.
+
+        Only files that stay valid once fetched: packages and other immutable files,
+        and indexes named by their hash. What is fetched fresh for every request
+        (InRelease, volatile indexes) would be fetched twice.
+        """
+        if classify(target.path) in _PREFETCHED:
+            gevent.spawn(self._prefetch, target)
+
+    def _prefetch(self, target: Target) -> None:
+        try:
+            self.resolve(target)
+        except DebtorrentError as exc:  # the request itself will meet it and say so
+            log.debug("%s: look-ahead fetch failed: %s", target, exc)
 
     def resolve(self, target: Target) -> Cached | Transfer:
         """The file apt asked for, by the rules of its class."""
@@ -119,11 +144,11 @@ class Proxy:
             return self._fresh(target)
         cached = self.cache.get(target.mirror, target.path)
         if cached is not None and _matches(cached, expected):
-            self._load_index(target.mirror, index_path, cached.read_bytes())
+            self._load_index(target.mirror, index_path, offload.run(cached.read_bytes))
             return Cached(cached)
 
         def finish(download: Download, tmp: TempFile) -> None:
-            data = os.pread(tmp.read_fd, download.received, 0)
+            data = offload.run(os.pread, tmp.read_fd, download.received, 0)
             self._load_index(target.mirror, index_path, data)
 
         download = self.fetcher.fetch(
@@ -171,14 +196,30 @@ class Proxy:
         return Expected(listed.size, listed.sha256) if listed else None
 
     def _load_index(self, mirror: str, index_path: str, data: bytes) -> None:
+        """Decompress and load an index (off the hub), once however many ask at once."""
         plain = index_path[: len(index_path) - len(compression_of(index_path))]
         current = self.archive.loaded.get((mirror, plain))
         listed = self.archive.expected(mirror, plain)
         if current is not None and listed is not None and current.index.sha256 == listed.sha256:
             return  # already loaded (apt asks for each index once per update)
-        suffix = compression_of(index_path)
-        plain_data = decompress(data, suffix, listed.size) if listed else decompress(data, suffix)
-        self.archive.add_packages(mirror, index_path, plain_data)
+        key = (mirror, plain, listed.sha256 if listed else "")
+        running = self._loading.get(key)
+        if running is not None:
+            running.get()  # raises what the first load raised
+            return
+        running = self._loading[key] = AsyncResult()
+        try:
+            suffix = compression_of(index_path)
+            limit = listed.size if listed else None
+            plain_data = offload.run(decompress, data, suffix, limit)
+            self.archive.add_packages(mirror, index_path, plain_data)
+        except BaseException as exc:
+            running.set_exception(exc)
+            raise
+        else:
+            running.set(None)
+        finally:
+            del self._loading[key]
 
 
 def _size(path: Path | str) -> int:
@@ -189,10 +230,10 @@ def _size(path: Path | str) -> int:
 
 
 def _matches(path: Path, expected: Expected) -> bool:
+    """Whether a cached index is the one the Release lists (hashed off the hub)."""
     if _size(path) != expected.size:
         return False
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest() == expected.sha256
+    try:
+        return offload.sha256_file(path).hex() == expected.sha256
+    except OSError:
+        return False

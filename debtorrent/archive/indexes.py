@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from debtorrent import offload
 from debtorrent.archive.packages import PackageEntry, PackageIndex, compression_of, scan_packages
 from debtorrent.archive.release import IndexEntry, ReleaseInfo, parse_release
 from debtorrent.cache import Cache
@@ -26,6 +27,10 @@ __all__ = ["Archive", "LoadedIndex", "PackageMatch"]
 log = logging.getLogger(__name__)
 
 _BINARY_RE = re.compile(r"^(?P<component>.+)/binary-(?P<arch>[^/]+)/Packages$")
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class Archive:
         self.loaded: dict[tuple[str, str], LoadedIndex] = {}
         self._by_content: dict[str, PackageIndex] = {}
         self.listeners: list[Callable[[LoadedIndex, LoadedIndex | None], None]] = []
+        self.loading = 0  # indexes being hashed and scanned right now (off the hub)
 
     # --- Releases ---------------------------------------------------------------
 
@@ -113,15 +119,21 @@ class Archive:
         match = _BINARY_RE.match(plain_path[len(release.dist) + 1 :])
         if match is None:
             raise BadIndexError(f"{mirror}/{path}: not a binary Packages index")
-        digest = digest or hashlib.sha256(data).hexdigest()
-        listed = release.entry(plain_path)
-        if listed is not None and listed.sha256 != digest:
-            raise BadIndexError(f"{mirror}/{plain_path}: uncompressed index does not match Release")
-        index = self._by_content.get(digest)
-        if index is None:
-            index = scan_packages(data, digest)
-        if save:  # only once it parsed: a saved index must never stop the next start
-            self.cache.write(mirror, plain_path, data)
+        self.loading += 1
+        try:  # hashing, scanning and saving 50 MB run off the hub (see offload)
+            digest = digest or offload.run(_sha256_hex, data)
+            listed = release.entry(plain_path)
+            if listed is not None and listed.sha256 != digest:
+                raise BadIndexError(
+                    f"{mirror}/{plain_path}: uncompressed index does not match Release"
+                )
+            index = self._by_content.get(digest)
+            if index is None:
+                index = offload.run(scan_packages, data, digest)
+            if save:  # only once it parsed: a saved index must never stop the next start
+                self.cache.write(mirror, plain_path, data)
+        finally:
+            self.loading -= 1
         return self._register(
             LoadedIndex(mirror, plain_path, release, match["component"], match["arch"], index)
         )
@@ -179,8 +191,8 @@ class Archive:
                 if file is None:
                     continue
                 try:
-                    data = file.read_bytes()
-                    digest = hashlib.sha256(data).hexdigest()
+                    data = offload.run(file.read_bytes)
+                    digest = offload.run(_sha256_hex, data)
                     if digest != listed.sha256:
                         log.info("saved %s/%s/%s is outdated; not loaded", mirror, dist, rel)
                         continue

@@ -9,6 +9,7 @@ waiting on this daemon get it while the rest is still coming.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -40,6 +41,20 @@ class MirrorFetch:
         self.started_ms = int(time.time() * 1000)
         self.yielded = False
         self.greenlet: gevent.Greenlet | None = None
+        self.stored = 0  # pieces of the file this fetch stored (the swarm counts them)
+        # SHA256 of the body while it streams from the file's first byte, so a file
+        # that came whole from this stream is not read back to be checked
+        self._whole = hashlib.sha256()
+        self._hashed = 0
+
+    def whole_digest(self) -> bytes | None:
+        """SHA256 of the whole file if every piece of it came from this stream."""
+        size = self.swarm.layout.file_size(self.file_index)
+        if self._hashed != size or self.stored != len(
+            self.swarm.layout.file_pieces(self.file_index)
+        ):
+            return None
+        return self._whole.digest()
 
     def start(self) -> None:
         self.greenlet = gevent.spawn(self._run)
@@ -120,10 +135,14 @@ class MirrorFetch:
         piece = pieces.start + position // layout.piece_length
         stop = run.stop if ranged else pieces.stop
         buffer = bytearray()
+        streaming_whole = position == 0 and self._hashed == 0
         for chunk in response.chunks():
             if self.yielded:
                 response.release()
                 return False
+            if streaming_whole:
+                self._whole.update(chunk)
+                self._hashed += len(chunk)
             buffer += chunk
             while piece < stop and len(buffer) >= layout.piece_size(piece):
                 piece_size = layout.piece_size(piece)
