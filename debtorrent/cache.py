@@ -45,8 +45,11 @@ class TempFile:
     def __init__(self, final: Path) -> None:
         self.final = final
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            self.fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=final.parent)
+            try:
+                self.fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=final.parent)
+            except FileNotFoundError:  # the first file of its directory
+                final.parent.mkdir(parents=True, exist_ok=True)
+                self.fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=final.parent)
         except OSError as exc:
             raise cache_error(final.name, exc) from None
         self.path = Path(name)

@@ -316,6 +316,16 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SECS",
     ),
     Option(
+        "connect-grace",
+        "seconds",
+        "3",
+        "Seconds a new swarm holds a file larger than one piece for its first peers "
+        "when a tracker or static peers are configured, so a fleet starting together "
+        "fetches it from the mirror once; smaller files never wait.",
+        _float,
+        metavar="SECS",
+    ),
+    Option(
         "http-seed-min-rate",
         "rate",
         "0",

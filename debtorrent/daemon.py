@@ -135,6 +135,7 @@ def session_settings(config: Config) -> SessionSettings:
         upload_slots=config.upload_slots,
         choke_interval=config.choke_interval,
         http_seed_delay=config.http_seed_delay,
+        connect_grace=config.connect_grace,
         http_seed_min_rate=config.http_seed_min_rate,
         http_timeout=config.http_timeout,
     )

@@ -129,7 +129,7 @@ class AptApp:
         environ["debtorrent.class"] = classify(target.path).value
         if not self.config.mirror_allowed(target.mirror):
             raise ForbiddenError(f"mirror {target.mirror} not allowed")
-        result = self.proxy.resolve(target)
+        result = self.proxy.resolve(target, "HTTP_IF_MODIFIED_SINCE" in environ)
         if isinstance(result, Cached):
             return self._send_cached(environ, start_response, result)
         return self._stream(environ, start_response, result)

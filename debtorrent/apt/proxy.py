@@ -86,13 +86,18 @@ class Proxy:
         except DebtorrentError as exc:  # the request itself will meet it and say so
             log.debug("%s: look-ahead fetch failed: %s", target, exc)
 
-    def resolve(self, target: Target) -> Cached | Transfer:
-        """The file apt asked for, by the rules of its class."""
+    def resolve(self, target: Target, conditional: bool = False) -> Cached | Transfer:
+        """The file apt asked for, by the rules of its class.
+
+        ``conditional``: apt already holds a copy (If-Modified-Since). An index is then
+        fetched whole before answering, so that when the mirror sent the very bytes
+        the cache holds, the old copy keeps its date and apt can be told 304.
+        """
         cls = classify(target.path)
         if cls is FileClass.PDIFF:
             raise NotFoundError("pdiffs are not served; apt falls back to the whole index")
         if cls is FileClass.INDEX:
-            return self._fresh(target, finisher=self._release_finisher)
+            return self._fresh(target, finisher=self._release_finisher, settle=conditional)
         if cls is FileClass.PACKAGES:
             return self._packages(target, target.path)
         if cls is FileClass.BY_HASH:
@@ -108,10 +113,23 @@ class Proxy:
 
     # --- the classes --------------------------------------------------------------
 
-    def _fresh(self, target: Target, finisher=None) -> Cached | Download:
-        """Fetched every time; the cached copy answers only when the mirror fails."""
+    def _fresh(self, target: Target, finisher=None, settle: bool = False) -> Cached | Download:
+        """Fetched every time; the cached copy answers only when the mirror fails.
+
+        ``settle`` waits for the whole file and answers from the cache (see resolve).
+        """
         download = self.fetcher.fetch(target.mirror, target.path, target.url, finisher=finisher)
-        return self._started_or_offline(target, download)
+        started = self._started_or_offline(target, download)
+        if not settle or isinstance(started, Cached):
+            return started
+        try:
+            return Cached(download.wait_done(self.header_timeout), "mirror")
+        except (MirrorError, CacheError) as exc:
+            cached = self.cache.get(target.mirror, target.path)
+            if cached is None or isinstance(exc, MirrorNotFoundError):
+                raise
+            log.warning("%s: fetch failed (%s); serving the offline copy", target, exc)
+            return Cached(cached, "offline")
 
     def _started_or_offline(self, target: Target, download: Download) -> Cached | Download:
         try:

@@ -52,7 +52,8 @@ __all__ = ["FileRequest", "PackageSwarm", "swarm_identity"]
 
 log = logging.getLogger(__name__)
 
-CONNECT_GRACE = 3.0  # seconds a fresh swarm waits for its first peers before the mirror
+SMALL_FILE = LAYOUT1_PIECE_LENGTH  # files of one piece never wait for peers to connect
+SMALL_FILE_PATIENCE = 1.0  # seconds a small file may take from peers before the mirror races
 HASH_ASK_INTERVAL = 1.0
 MAX_ATTEMPTS = 2  # whole-file failures before apt is told
 
@@ -280,7 +281,10 @@ class PackageSwarm(Swarm):
         settings = self.session.settings
         file_index = request.file_index
         size = self.layout.file_size(file_index)
-        if not self._peers_may_supply(file_index) and self._grace_over():
+        patience = settings.http_seed_delay
+        if size <= SMALL_FILE:  # apt should not wait seconds for 60 KB
+            patience = min(patience, SMALL_FILE_PATIENCE)
+        if not self._peers_may_supply(file_index) and self._may_use_mirror(file_index):
             self._start_mirror(file_index)
         last_done, last_change = -1, time.monotonic()
         window_start, window_done = time.monotonic(), 0
@@ -295,14 +299,14 @@ class PackageSwarm(Swarm):
             if file_index in self.fetches:
                 continue
             self._ask_hashes(file_index)  # a fetcher's list grows as its pieces arrive
-            stalled = now - last_change >= settings.http_seed_delay
+            stalled = now - last_change >= patience
             slow = False
             if now - window_start >= max(settings.http_seed_delay, 1.0):
                 rate = (done - window_done) / (now - window_start)
                 slow = 0 < settings.http_seed_min_rate and rate < settings.http_seed_min_rate
                 slow = slow and done < size
                 window_start, window_done = now, done
-            if not self._peers_may_supply(file_index) and self._grace_over():
+            if not self._peers_may_supply(file_index) and self._may_use_mirror(file_index):
                 self._start_mirror(file_index)
             elif stalled or slow:
                 log.info(
@@ -313,10 +317,20 @@ class PackageSwarm(Swarm):
                 )
                 self._start_mirror(file_index, force=True)
 
-    def _grace_over(self) -> bool:
+    def _may_use_mirror(self, file_index: int) -> bool:
+        """Whether a file no connected peer can supply may come from the mirror now.
+
+        A fresh swarm whose peers may still connect (a tracker or static peers are
+        configured) holds a large file for ``--connect-grace``, so that a fleet starting
+        together fetches it from the mirror once and shares it. A small file does not
+        wait: the peers already connected are asked if they have it, else the mirror,
+        at once; fetching it twice costs less than making apt wait.
+        """
         if self.peers or not self.session.expects_peers():
             return True
-        return time.monotonic() - self.created >= CONNECT_GRACE
+        if self.layout.file_size(file_index) <= SMALL_FILE:
+            return True
+        return time.monotonic() - self.created >= self.session.settings.connect_grace
 
     def _peers_may_supply(self, file_index: int) -> bool:
         pieces = self.layout.file_pieces(file_index)

@@ -453,6 +453,18 @@ class Picker:
                 cancels.append((other, block))
         return BlockResult(True, state.received == len(state.state), cancels)
 
+    def outstanding(self, piece: int) -> list[tuple[Peer, Block]]:
+        """Requests for blocks of *piece* still waiting for data, by peer: once the
+        piece is had some other way (the mirror), each is worth a ``cancel``."""
+        state = self._partial.get(piece)
+        if state is None:
+            return []
+        return [
+            (peer, self._block(piece, b))
+            for b, who in sorted(state.requesters.items())
+            for peer in who
+        ]
+
     def piece_verified(self, piece: int) -> None:
         """The piece's hash matched: we have it. Announce it with ``have`` now."""
         self.have.add(piece)

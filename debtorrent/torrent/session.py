@@ -57,6 +57,7 @@ class SessionSettings:
     upload_slots: int = 8
     choke_interval: float = 10.0
     http_seed_delay: float = 10.0
+    connect_grace: float = 3.0
     http_seed_min_rate: float = 0.0
     http_timeout: float = 30.0
 

@@ -105,7 +105,7 @@ class MirrorFetch:
         if not self.yielded and self._missing_runs():
             raise MirrorError(self.url, "the mirror did not send every missing piece")
         if not self.yielded:
-            log.info("%s: fetched %s from the mirror", self.swarm, self.url)
+            log.debug("%s: fetched %s from the mirror", self.swarm, self.url)
 
     def _fetch_run(self, run: range) -> bool:
         """Fetch pieces ``run``; False when the mirror sent the whole file instead."""
@@ -134,7 +134,7 @@ class MirrorFetch:
             )
         piece = pieces.start + position // layout.piece_length
         stop = run.stop if ranged else pieces.stop
-        buffer = bytearray()
+        pending = b""  # the start of the next piece, when a read ended inside it
         streaming_whole = position == 0 and self._hashed == 0
         for chunk in response.chunks():
             if self.yielded:
@@ -143,14 +143,17 @@ class MirrorFetch:
             if streaming_whole:
                 self._whole.update(chunk)
                 self._hashed += len(chunk)
-            buffer += chunk
-            while piece < stop and len(buffer) >= layout.piece_size(piece):
-                piece_size = layout.piece_size(piece)
-                data = bytes(buffer[:piece_size])
-                del buffer[:piece_size]
-                swarm.mirror_piece(self, piece, data)
+            # reads are piece-sized and start on a piece: usually a read is a piece, as is
+            data = pending + chunk if pending else chunk
+            offset = 0
+            while piece < stop and len(data) - offset >= layout.piece_size(piece):
+                size = layout.piece_size(piece)
+                whole = offset == 0 and size == len(data)
+                swarm.mirror_piece(self, piece, data if whole else data[offset : offset + size])
+                offset += size
                 piece += 1
-            if buffer and piece >= stop:
+            pending = data[offset:]
+            if pending and piece >= stop:
                 raise VerificationError(self.url, "longer than the index says")
         if piece < stop:
             raise MirrorError(self.url, f"body ended at piece {piece - pieces.start}")
