@@ -21,7 +21,7 @@ from gevent.event import AsyncResult
 from debtorrent import offload
 from debtorrent.apt.urls import FileClass, Target, classify
 from debtorrent.archive.indexes import Archive, PackageMatch
-from debtorrent.archive.packages import compression_of, decompress
+from debtorrent.archive.packages import compression_of
 from debtorrent.cache import Cache, TempFile
 from debtorrent.errors import (
     BadIndexError,
@@ -227,10 +227,7 @@ class Proxy:
             return
         running = self._loading[key] = AsyncResult()
         try:
-            suffix = compression_of(index_path)
-            limit = listed.size if listed else None
-            plain_data = offload.run(decompress, data, suffix, limit)
-            self.archive.add_packages(mirror, index_path, plain_data)
+            self.archive.add_compressed(mirror, index_path, data, listed.size if listed else None)
         except BaseException as exc:
             running.set_exception(exc)
             raise

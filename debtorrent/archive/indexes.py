@@ -17,7 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from debtorrent import offload
-from debtorrent.archive.packages import PackageEntry, PackageIndex, compression_of, scan_packages
+from debtorrent.archive.packages import (
+    PackageEntry,
+    PackageIndex,
+    compression_of,
+    decompress,
+    scan_packages,
+)
 from debtorrent.archive.release import IndexEntry, ReleaseInfo, parse_release
 from debtorrent.cache import Cache
 from debtorrent.errors import BadIndexError, DebtorrentError
@@ -101,6 +107,16 @@ class Archive:
         return release.resolve_by_hash(path) if release else None
 
     # --- Packages ---------------------------------------------------------------
+
+    def add_compressed(self, mirror: str, path: str, data: bytes, size: int | None) -> LoadedIndex:
+        """Load a ``Packages`` index as fetched (compressed as its name says, to at most
+        ``size`` bytes, the Release's figure), decompressed off the hub."""
+        self.loading += 1
+        try:
+            plain = offload.run(decompress, data, compression_of(path), size)
+        finally:
+            self.loading -= 1
+        return self.add_packages(mirror, path, plain)
 
     def add_packages(
         self, mirror: str, path: str, data: bytes, *, digest: str | None = None, save: bool = True
