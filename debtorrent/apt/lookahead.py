@@ -199,8 +199,11 @@ class LookaheadReader:
         return self._consume(len(self._buf) if size < 0 else min(size, len(self._buf)))
 
     def close(self) -> None:
+        """Stop reading: the reading greenlet is gone when this returns, so the socket
+        can be closed without a watcher left on it."""
         if self.closed:
             return
         self.closed = True
-        self._greenlet.kill(block=False)
+        if self._greenlet is not gevent.getcurrent():
+            self._greenlet.kill(block=True)
         self._wake()

@@ -148,8 +148,23 @@ class AptHandler(WSGIHandler):
         try:
             super().handle()
         finally:
-            if self.lookahead is not None:
-                self.lookahead.close()
+            self._stop_lookahead()
+
+    def handle_one_request(self):
+        # the reader greenlet must be gone before pywsgi closes the raw socket under it
+        # (a watcher left on a closed descriptor aborts libev)
+        try:
+            result = super().handle_one_request()
+        except BaseException:
+            self._stop_lookahead()
+            raise
+        if result is not True:
+            self._stop_lookahead()
+        return result
+
+    def _stop_lookahead(self) -> None:
+        if self.lookahead is not None:
+            self.lookahead.close()
 
     def read_requestline(self):
         if self.lookahead is not None:
