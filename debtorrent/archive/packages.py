@@ -183,13 +183,14 @@ def _safe_filename(name: str) -> bool:
 SCAN_CHUNK = 1 << 20
 
 
-def _stanza_runs(data: bytes, size: int = SCAN_CHUNK) -> Iterator[tuple[int, int]]:
+def _stanza_runs(data: bytes, size: int | None = None) -> Iterator[tuple[int, int]]:
     """``(start, end)`` spans of about ``size`` bytes that end between two stanzas.
 
     A regular expression holds the GIL for its whole call: over 50 MB that is 0.2 s
     in which the hub, running beside a threadpool scan, could not answer apt. Spans
     of 1 MiB keep each call to a few milliseconds.
     """
+    size = size or SCAN_CHUNK
     start, length = 0, len(data)
     while start < length:
         end = data.find(b"\n\n", start + size)

@@ -365,3 +365,19 @@ def test_random_swarm_downloads_everything(n_peers: int, sizes: list[int], seed:
     assert picker.num_wanted == 0
     assert len(picker.have) == n
     assert all(picker.file_complete(f) for f in range(len(sizes)))
+
+
+def test_outstanding_requests_of_a_piece_had_another_way() -> None:
+    """The mirror completes a piece peers were asked for: each request is listed once
+    (to be cancelled), and none remains once the piece is verified."""
+    picker = setup_picker("22", blocks=2)
+    a = picker.pick("A", everything(2), 2)  # both blocks of the rarest-first piece
+    piece = a[0].piece
+    b = picker.pick("B", everything(2), 4)  # the other piece, then endgame duplicates
+    asked = sorted((peer, blk) for peer, blk in picker.outstanding(piece))
+    want = sorted([("A", blk) for blk in a] + [("B", blk) for blk in b if blk.piece == piece])
+    assert asked == want and len(asked) >= 2
+    picker.piece_verified(piece)
+    assert picker.outstanding(piece) == []
+    assert all(blk.piece != piece for blk in picker.requests_of("A") + picker.requests_of("B"))
+    assert picker.outstanding(1 - piece) != []  # the other piece's requests stay
