@@ -53,6 +53,7 @@ __all__ = ["FileRequest", "PackageSwarm", "swarm_identity"]
 log = logging.getLogger(__name__)
 
 SMALL_FILE = LAYOUT1_PIECE_LENGTH  # files of one piece never wait for peers to connect
+CLAIM_SETTLE = 0.05  # seconds a mirror fetch waits for same-moment claims from peers
 SMALL_FILE_PATIENCE = 1.0  # seconds a small file may take from peers before the mirror races
 HASH_ASK_INTERVAL = 1.0
 MAX_ATTEMPTS = 2  # whole-file failures before apt is told
@@ -351,6 +352,8 @@ class PackageSwarm(Swarm):
             return
         fetch = MirrorFetch(self, file_index)
         self.fetches[file_index] = fetch
+        if self.peers:  # peers may claim it at this very moment: settle before the mirror
+            fetch.settle = CLAIM_SETTLE
         for peer in list(self.peers):
             peer.send_extended(
                 wire.DT_FETCHING,

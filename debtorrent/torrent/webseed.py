@@ -40,6 +40,7 @@ class MirrorFetch:
         self.url = f"http://{swarm.loaded.mirror}/{quote(path, safe='/~+:@!$&()*,;=')}"
         self.started_ms = int(time.time() * 1000)
         self.yielded = False
+        self.settle = 0.0  # seconds between our claim and our first request
         self.greenlet: gevent.Greenlet | None = None
         self.stored = 0  # pieces of the file this fetch stored (the swarm counts them)
         # SHA256 of the body while it streams from the file's first byte, so a file
@@ -70,7 +71,10 @@ class MirrorFetch:
     def _run(self) -> None:
         error: DebtorrentError | None = None
         try:
-            self._transfer()
+            if self.settle:  # let a claim sent at the same moment by a peer cross ours
+                gevent.sleep(self.settle)
+            if not self.yielded:
+                self._transfer()
         except DebtorrentError as exc:
             error = exc
             log.warning("%s: mirror fetch of %s failed: %s", self.swarm, self.url, exc)
