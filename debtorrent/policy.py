@@ -147,8 +147,6 @@ class Policy:
     mirror_log_period: float = 60.0
     #: seconds to wait for a mirror or tracker over HTTP (``--http-timeout``)
     http_timeout: float = 30.0
-    #: seconds between choking rounds (BEP 3 clients use 10)
-    choke_interval: float = 10.0
     #: seconds between maintenance rounds (snub checks, dialling from the peer list)
     maintenance_interval: float = 2.0
 

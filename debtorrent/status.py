@@ -81,6 +81,8 @@ class StatusSources:
     all_time: Callable[[Mapping[str, int]], Mapping[str, int]] = dict
     #: direct mirror downloads in flight (indexes, files no swarm has)
     mirror_downloads: Callable[[], Iterable[Download]] = tuple
+    #: Packages indexes being hashed and scanned now (off the hub)
+    indexes_loading: Callable[[], int] = int
 
 
 class CacheUsage:
@@ -209,6 +211,7 @@ class Status:
             "peer_id": session.peer_id.decode("latin-1"),
             "peer_port": session.listen_port,
             "connections": len(session.connections),
+            "indexes_loading": sources.indexes_loading(),
             "totals": {
                 "bytes_to_apt": counters["apt"],
                 "bytes_from_peers": counters["peers"],
@@ -217,6 +220,7 @@ class Status:
                 "peer_share": _share(counters["peers"], counters["mirror"]),
                 "bans": counters["bans"],
                 "protocol_errors": counters["protocol_errors"],
+                "choke_rounds": counters["choke_rounds"],
             },
             "all_time": {
                 "bytes_to_apt": all_time["apt"],
@@ -226,6 +230,7 @@ class Status:
                 "peer_share": _share(all_time["peers"], all_time["mirror"]),
                 "bans": all_time["bans"],
                 "protocol_errors": all_time["protocol_errors"],
+                "choke_rounds": all_time["choke_rounds"],
             },
             "cache_bytes": cache_bytes,
             "cache_files": cache_files,

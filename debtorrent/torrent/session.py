@@ -39,7 +39,12 @@ from debtorrent.errors import DebtorrentError, ProtocolError
 from debtorrent.mirror import Mirror
 from debtorrent.policy import Policy
 from debtorrent.torrent import wire
-from debtorrent.torrent.choker import ChokerSettings, OptimisticUnchoke, PeerSnapshot
+from debtorrent.torrent.choker import (
+    ChokerSettings,
+    OptimisticUnchoke,
+    PeerSnapshot,
+    free_slot_unchokes,
+)
 from debtorrent.torrent.peer import PeerConnection
 from debtorrent.torrent.peer_list import CANDIDATE_SOURCES, Candidate, PeerList
 from debtorrent.torrent.swarm import Swarm
@@ -54,8 +59,6 @@ log = logging.getLogger(__name__)
 #: :attr:`Session.events` and skips them in its log-record handler.
 NOTE_LOGGER = "debtorrent.torrent.session.notes"
 _notes = logging.getLogger(NOTE_LOGGER)
-
-CHOKE_INTERVAL = 10.0
 
 
 def _table(name: str):
@@ -74,7 +77,9 @@ class SessionSettings:
     max_peers: int = _table("max-peers")
     max_peers_per_swarm: int = _table("max-peers-per-swarm")
     upload_slots: int = _table("upload-slots")
+    choke_interval: float = _table("choke-interval")
     http_seed_delay: float = _table("http-seed-delay")
+    connect_grace: float = _table("connect-grace")
     http_seed_min_rate: float = _table("http-seed-min-rate")
     http_timeout: float = _table("http-timeout")
     policy: Policy = field(default_factory=Policy)
@@ -116,8 +121,8 @@ class Session:
         self.announcers: dict[bytes, Announcer] = {}
         self.listen_port = settings.peer_port
         self.server: StreamServer | None = None
-        self._optimistic = OptimisticUnchoke(ChokerSettings(upload_slots=settings.upload_slots))
-        self._rechoke = Event()
+        self._choker = ChokerSettings(upload_slots=settings.upload_slots)
+        self._optimistic = OptimisticUnchoke(self._choker)
         self._dial_wakeup = Event()
         self._greenlets: list[gevent.Greenlet] = []
         self.file_listeners: list = []
@@ -394,6 +399,8 @@ class Session:
         """A connection ended: its slot is free, so the dialler looks for the next peer."""
         self.connections.discard(peer)
         self._dial_wakeup.set()
+        if not peer.am_choking:  # its upload slot is free now
+            self.fill_free_slots()
 
     # --- misbehaviour ----------------------------------------------------------------------
 
@@ -447,26 +454,36 @@ class Session:
 
     # --- periodic work -----------------------------------------------------------------------
 
-    def rechoke_soon(self) -> None:
-        self._rechoke.set()
+    def interest_changed(self, peer: PeerConnection) -> None:
+        """A peer became (not) interested: answer now, not at the next round.
+
+        An interested peer gets a free upload slot at once; one that lost interest is
+        choked and its slot goes to whoever waits. Waiting for the periodic round here
+        cost apt up to a round per file whenever its requests moved between swarms.
+        """
+        if not peer.peer_interested and not peer.am_choking:
+            peer.set_choking(True)
+        self.fill_free_slots()
+
+    def fill_free_slots(self) -> None:
+        """Unchoke waiting interested peers while upload slots are free."""
+        peers = [p for p in self.connections if not p.closed]
+        for peer in free_slot_unchokes(
+            self._snapshots(peers), seeding=self._seeding(), settings=self._choker
+        ):
+            peer.set_choking(False)
 
     def _choke_loop(self) -> None:
-        last = 0.0
         while True:
-            self._rechoke.wait(CHOKE_INTERVAL)
-            self._rechoke.clear()
-            if time.monotonic() - last < 1.0:
-                gevent.sleep(1.0)
-            last = time.monotonic()
+            gevent.sleep(self.settings.choke_interval)
             try:
                 self._choke_round()
             except DebtorrentError as exc:
                 log.warning("choke round failed: %s", exc)
 
-    def _choke_round(self) -> None:
-        peers = [p for p in self.connections if not p.closed]
+    def _snapshots(self, peers: list[PeerConnection]) -> list[PeerSnapshot]:
         now = time.monotonic()
-        snapshots = [
+        return [
             PeerSnapshot(
                 peer=p,
                 interested=p.peer_interested,
@@ -478,8 +495,15 @@ class Session:
             )
             for p in peers
         ]
-        seeding = all(s.seeding for s in self.swarms.values())
-        unchoked = self._optimistic.run(snapshots, seeding=seeding)
+
+    def _seeding(self) -> bool:
+        return all(s.seeding for s in self.swarms.values())
+
+    def _choke_round(self) -> None:
+        """Tit-for-tat over every connection, and the optimistic unchoke's rotation."""
+        self.counters["choke_rounds"] += 1
+        peers = [p for p in self.connections if not p.closed]
+        unchoked = self._optimistic.run(self._snapshots(peers), seeding=self._seeding())
         for peer in peers:
             peer.optimistic = peer is self._optimistic.current
             peer.set_choking(peer not in unchoked)
