@@ -277,3 +277,10 @@ def test_session_settings_defaults_come_from_the_option_table() -> None:
         assert settings.max_peers_per_swarm == default("max-peers-per-swarm")
         assert settings.http_timeout == default("http-timeout")
         assert isinstance(settings.policy, Policy)
+
+
+def test_an_ipv6_peer_is_accepted_from_the_configuration() -> None:
+    from debtorrent.config import load_config
+
+    config = load_config({"peer": ["[::1]:6881", "127.0.0.2:6882"]})
+    assert config.peer == [("::1", 6881), ("127.0.0.2", 6882)]
