@@ -50,7 +50,14 @@ class Daemon:
         self.config = config
         self.cache = Cache(config.cache_dir)
         self.archive = Archive(self.cache)
-        self.mirror = Mirror(config.http_timeout, config.mirror_allowed, config.peer_bind or None)
+        self.mirror = Mirror(
+            config.http_timeout,
+            config.mirror_allowed,
+            config.peer_bind or None,
+            reach=config.reach,
+            tls_mirror=config.tls_mirror,
+            ca_file=config.ca_file,
+        )
         self.fetcher = Fetcher(self.cache, self.mirror)
         self.proxy = Proxy(self.cache, self.archive, self.fetcher, config.http_timeout + 5)
         self.app = AptApp(config, self.proxy)

@@ -24,6 +24,8 @@ from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 from gevent.socket import wait_write
 
+from debtorrent.apt.tunnel import Tunnel
+
 __all__ = [
     "AptHandler",
     "AptServer",
@@ -165,6 +167,10 @@ class AptHandler(WSGIHandler):
 
     def process_result(self):
         body = self.result
+        if isinstance(body, Tunnel):  # CONNECT: the tunnel owns the connection from here
+            self.close_connection = True
+            body.run(self.socket, self.rfile)
+            return None
         if not isinstance(body, FileBody) or self.request_version == "HTTP/0.9":
             return super().process_result()
         self.write(b"")  # status line and headers

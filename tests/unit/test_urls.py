@@ -89,7 +89,7 @@ def test_any_target_parses_safely_or_is_refused(raw):
             "debian/dists/bookworm/main/debian-installer/binary-amd64/Packages.gz",
             FileClass.PACKAGES,
         ),
-        ("debian/dists/bookworm/main/binary-amd64/by-hash/SHA256/ab12", FileClass.BY_HASH),
+        ("debian/dists/bookworm/main/binary-amd64/by-hash/SHA256/" + "ab" * 32, FileClass.BY_HASH),
         ("debian/dists/bookworm/main/binary-amd64/Packages.diff/Index", FileClass.PDIFF),
         ("debian/dists/bookworm/main/i18n/Translation-en.diff/T-2024", FileClass.PDIFF),
         ("debian/pool/main/h/hello/hello_2.10-3_amd64.deb", FileClass.PACKAGE),
@@ -101,7 +101,7 @@ def test_any_target_parses_safely_or_is_refused(raw):
         ("debian/dists/bookworm/main/i18n/Translation-en.bz2", FileClass.VOLATILE),
         ("debian/dists/bookworm/main/Contents-amd64.gz", FileClass.VOLATILE),
         ("debian/dists/bookworm/main/dep11/Components-amd64.yml.gz", FileClass.VOLATILE),
-        ("debian/ls-lR.gz", FileClass.VOLATILE),
+        ("debian/ls-lR.gz", FileClass.UNKNOWN),
     ],
 )
 def test_file_classes_follow_the_design_table(path, cls):
