@@ -322,6 +322,14 @@ OPTIONS: tuple[Option, ...] = (
         metavar="N",
     ),
     Option(
+        "tunnel-idle-timeout",
+        "seconds",
+        "120",
+        "Seconds a CONNECT tunnel may pass no byte either way before it is closed.",
+        _positive_float,
+        metavar="SECS",
+    ),
+    Option(
         "log-level",
         "level",
         "info",

@@ -20,6 +20,7 @@ from debtorrent.apt.app import AptApp
 from debtorrent.apt.proxy import Proxy
 from debtorrent.apt.serve import AptServer
 from debtorrent.archive.indexes import Archive
+from debtorrent.archive.signature import Keyrings, Verifier
 from debtorrent.cache import Cache
 from debtorrent.config import Config
 from debtorrent.errors import DebtorrentError
@@ -49,7 +50,8 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.cache = Cache(config.cache_dir)
-        self.archive = Archive(self.cache)
+        self.keyrings = Keyrings(config.keyring)
+        self.archive = Archive(self.cache, Verifier(config.verify_signatures, self.keyrings))
         self.mirror = Mirror(
             config.http_timeout,
             config.mirror_allowed,
@@ -125,6 +127,7 @@ class Daemon:
         self.session.stop()
         self.state.save(self.session.counters)
         self.mirror.close()
+        self.keyrings.close()
         self.status.close()
         self.stopped.set()
 

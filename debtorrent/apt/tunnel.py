@@ -6,7 +6,7 @@ see (let alone cache or share) what goes through such a tunnel; refusing it woul
 every https source, so it is passed on -- but only to a mirror ``--allowed-mirrors``
 allows, on port 443, at an address :class:`~debtorrent.reach.Reach` allows (never the
 daemon's own machine), and bounded: at most ``--max-tunnels`` at once (503 beyond),
-closed after :data:`IDLE_TIMEOUT` seconds without a byte either way. Anything else gets
+closed after ``--tunnel-idle-timeout`` seconds without a byte either way. Anything else gets
 a 403 whose reason phrase apt prints (``Invalid response from proxy: HTTP/1.1 403
 Forbidden (CONNECT only to allowed mirrors on port 443)``).
 
@@ -45,7 +45,6 @@ __all__ = ["HINT", "Tunnel", "Tunnels"]
 log = logging.getLogger(__name__)
 
 CONNECT_PORT = 443
-IDLE_TIMEOUT = 120.0  # seconds with no byte either way before a tunnel is closed
 CHUNK = 65536
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 HINT = (
@@ -69,11 +68,10 @@ class TunnelCounts:
 class Tunnel:
     """One open tunnel: the upstream socket, and the relay once the client is handed over."""
 
-    idle_timeout = IDLE_TIMEOUT
-    check_every = 5.0  # how often the watchdog looks at the idle time
-
     def __init__(self, tunnels: Tunnels, authority: str, client: str, upstream: socket.socket):
         self.tunnels = tunnels
+        self.idle_timeout = tunnels.idle_timeout
+        self.check_every = min(5.0, self.idle_timeout / 4)  # the watchdog's period
         self.authority = authority
         self.client = client
         self.upstream = upstream
@@ -152,6 +150,7 @@ class Tunnels:
         self.config = config
         self.limit: int = config.max_tunnels
         self.connect_timeout: float = config.http_timeout
+        self.idle_timeout: float = config.tunnel_idle_timeout
         self.source_address: str = config.peer_bind or ""
         self.active: set[Tunnel] = set()
         self.counts = TunnelCounts()
