@@ -100,7 +100,7 @@ class MirrorError(DebtorrentError):
     """
 
     status = 502
-    phrase = "Bad Gateway"
+    phrase: str | None = None  # the plain reason phrase of the status unless set
 
     def __init__(self, url: str, reason: str, phrase: str | None = None) -> None:
         super().__init__(f"{url}: {reason}")
@@ -128,7 +128,6 @@ class MirrorTimeoutError(MirrorError):
     """The mirror did not answer in time: apt sees a 504."""
 
     status = 504
-    phrase = "Gateway Timeout"
 
 
 # --- archive data -----------------------------------------------------------------

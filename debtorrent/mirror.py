@@ -33,7 +33,6 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     MaxRetryError,
-    NameResolutionError,
     NewConnectionError,
     ProtocolError,
     ReadTimeoutError,
@@ -47,6 +46,9 @@ from debtorrent.errors import ConfigError, MirrorError, MirrorNotFoundError, Mir
 from debtorrent.reach import Reach
 
 __all__ = ["Mirror", "Response", "tls_context"]
+
+# urllib3 2 tells a name that does not resolve apart; Debian bookworm's 1.26 does not.
+NameResolutionError = getattr(urllib3.exceptions, "NameResolutionError", None)
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +253,7 @@ def _mirror_error(url: str, reason: object) -> MirrorError:
     if isinstance(reason, (Urllib3SSLError, ssl.SSLError, ssl.CertificateError)):
         short = _tls_reason(reason)
         return MirrorError(url, f"TLS failure: {short}", phrase=f"Bad Gateway (TLS: {short})")
-    if isinstance(reason, NameResolutionError):
+    if NameResolutionError is not None and isinstance(reason, NameResolutionError):
         return MirrorError(url, "host name does not resolve", "Bad Gateway (no such host)")
     if isinstance(reason, NewConnectionError):
         return MirrorError(url, "connection refused or unreachable")
@@ -287,7 +289,9 @@ def _connect(conn: HTTPConnection, reach: Reach):
     try:
         candidates = reach.addresses(host, port, url)
     except gaierror as exc:
-        raise NameResolutionError(conn.host, conn, exc) from exc
+        if NameResolutionError is not None:
+            raise NameResolutionError(conn.host, conn, exc) from exc
+        raise NewConnectionError(conn, f"Failed to resolve {conn.host}: {exc}") from exc
     error: Exception | None = None
     for _family, sockaddr in candidates:
         try:

@@ -444,7 +444,7 @@ def _tunnels(snap: Mapping[str, Any]) -> str:
         f"{_count(_get(t, 'refused'))} refused; {human_bytes(_get(t, 'bytes_from_mirror'))} "
         "passed from mirrors uncached."
     )
-    hosts = ", ".join(f"{h} ({n})" for h, n in dict(_get(t, "hosts", {}) or {}).items())
+    hosts = ", ".join(_text(h) for h in _items(t, "hosts"))
     hint = _get(t, "hint") or ""
     return (
         f'<p id="tunnel-count">{escape(line)}</p>'

@@ -242,6 +242,6 @@ class Tunnels:
             "refused": counts.refused,
             "bytes_to_mirror": counts.bytes_to_mirror + live_sent,
             "bytes_from_mirror": counts.bytes_from_mirror + live_received,
-            "hosts": dict(counts.hosts.most_common(20)),
+            "hosts": [host for host, _ in counts.hosts.most_common(20)],
             "hint": HINT if counts.opened else "",
         }

@@ -239,10 +239,32 @@ def _sources_signed_by(apt_etc: Path) -> tuple[list[Path], list[bytes]]:
             data = path.read_bytes()
         except OSError:
             continue
-        inline += [m.group(0) for m in _KEY_BLOCK.finditer(data)]
-        for match in re.finditer(rb"^Signed-By:[ \t]*(/[^\n]*)$", data, re.M | re.I):
-            files += [Path(p.decode()) for p in re.split(rb"[ ,]+", match.group(1)) if p]
+        for value in _deb822_values(data, b"signed-by"):
+            if b"-----BEGIN PGP PUBLIC KEY BLOCK-----" in value:
+                inline.append(value)
+            else:
+                files += [Path(p.decode()) for p in re.split(rb"[\s,]+", value) if p[:1] == b"/"]
     return files, inline
+
+
+def _deb822_values(data: bytes, name: bytes) -> list[bytes]:
+    """Every value of field ``name`` in a deb822 file, unfolded (`` .`` is a blank line)."""
+    values: list[bytes] = []
+    current: list[bytes] | None = None
+    for line in data.replace(b"\r\n", b"\n").split(b"\n"):
+        if current is not None and line[:1] in (b" ", b"\t"):
+            rest = line[1:]
+            current.append(b"" if rest.strip() == b"." else rest)
+            continue
+        if current is not None:
+            values.append(b"\n".join(current).strip() + b"\n")
+            current = None
+        key, sep, value = line.partition(b":")
+        if sep and key.strip().lower() == name:
+            current = [value.strip()] if value.strip() else []
+    if current is not None:
+        values.append(b"\n".join(current).strip() + b"\n")
+    return values
 
 
 class Keyrings:
