@@ -79,6 +79,7 @@ class Tunnel:
         self.last = self.started
         self.sent = 0  # client to mirror
         self.received = 0  # mirror to client
+        self.broken = False  # a side failed: end both
         self._closed = False
 
     def run(self, client_sock: socket.socket, reader: Any) -> None:
@@ -98,16 +99,22 @@ class Tunnel:
             self.close()
 
     def _pump(self, read, sink: socket.socket, outgoing: bool) -> None:
-        while True:
-            data = read(CHUNK)
-            if not data:
-                break
-            sink.sendall(data)
-            self.last = time.monotonic()
-            if outgoing:
-                self.sent += len(data)
-            else:
-                self.received += len(data)
+        """Copy one way until the end; a broken side ends the whole tunnel."""
+        try:
+            while True:
+                data = read(CHUNK)
+                if not data:
+                    break
+                sink.sendall(data)
+                self.last = time.monotonic()
+                if outgoing:
+                    self.sent += len(data)
+                else:
+                    self.received += len(data)
+        except (OSError, ValueError) as exc:  # reset, or a reader closed under us
+            log.debug("tunnel to %s: %s", self.authority, exc)
+            self.broken = True
+            return
         try:
             sink.shutdown(socket.SHUT_WR)  # pass the end on; the other way may go on
         except OSError:
@@ -118,7 +125,7 @@ class Tunnel:
             gevent.joinall(pumps, timeout=self.check_every, raise_error=False)
             if all(p.dead for p in pumps):
                 return
-            failed = any(p.dead and not p.successful() for p in pumps)
+            failed = self.broken or any(p.dead and not p.successful() for p in pumps)
             idle = time.monotonic() - self.last >= self.idle_timeout
             if failed or idle:
                 if idle:
