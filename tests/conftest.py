@@ -122,14 +122,13 @@ def apt_factory(tmp_path: Path, repo: Repo) -> AptFactory:
 
 # ---- daemons --------------------------------------------------------------------------------
 @pytest.fixture
-def daemon_factory(request: pytest.FixtureRequest, tmp_path: Path, repo: Repo) -> Iterator:
+def daemon_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
     """``daemon_factory(*extra_args, bind=None, port=None, cache_dir=None, peer_port=None,
     start=True, timeout=15.0) -> Daemon``.
 
     Each daemon gets its own 127.0.0.(10+i) address (apt and peer side), free ports and
     directory; all are stopped at teardown, and their log tails are added to the report
-    of a failing test. Each trusts the session repository's key (``--keyring``; its
-    clones share the key), so its indexes are verified and shared.
+    of a failing test.
     """
     started: list[Daemon] = []
     request.node.dt_daemons = started
@@ -152,7 +151,6 @@ def daemon_factory(request: pytest.FixtureRequest, tmp_path: Path, repo: Repo) -
             peer_port=peer_port,
             extra_args=extra_args,
             name=f"daemon{i}",
-            keyring=repo.keyring,
         )
         started.append(d)
         return d.start(timeout=timeout) if start else d

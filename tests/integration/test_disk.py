@@ -439,15 +439,7 @@ def test_the_cache_limit_holds_after_an_expiry_pass(
     repo = lru_repo
     limit = 5 * MiB
     mirror = mirror_factory(root=repo.root)
-    d = daemon_factory(
-        "--cache-limit",
-        "5M",
-        "--expire-interval",
-        "1",
-        "--keyring",
-        str(repo.keyring),  # its own key: trusted, so its packages are kept
-        *state_args(tmp_path),
-    )
+    d = daemon_factory("--cache-limit", "5M", "--expire-interval", "1", *state_args(tmp_path))
     apt = apt_factory.path_form(d, mirror, repo=repo)
     apt.update()
     pkgs = [repo.package(s.name) for s in LRU_SPECS]
@@ -493,15 +485,7 @@ def test_the_cache_limit_evicts_the_least_recently_used_file(
     Going over the limit must evict lru2, the least recently used, not lru1."""
     repo = lru_repo
     mirror = mirror_factory(root=repo.root)
-    d = daemon_factory(
-        "--cache-limit",
-        "5M",
-        "--expire-interval",
-        "1",
-        "--keyring",
-        str(repo.keyring),  # its own key: trusted, so its packages are kept
-        *state_args(tmp_path),
-    )
+    d = daemon_factory("--cache-limit", "5M", "--expire-interval", "1", *state_args(tmp_path))
     apt = apt_factory.path_form(d, mirror, repo=repo)
     apt.update()
     p1, p2, p3, p4 = (repo.package(f"dt-lru{i}") for i in range(1, 5))

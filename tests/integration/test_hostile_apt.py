@@ -129,7 +129,6 @@ def apt(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Apt]:
         base / "daemon",
         bind=DAEMON_HOST,
         name="apt-side",
-        keyring=repo.keyring,
         extra_args=["--state-dir", str(base / "state"), "--allowed-clients", ALLOWED],
     )
     try:

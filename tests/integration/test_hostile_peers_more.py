@@ -126,7 +126,6 @@ def target(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tar
         base / "daemon",
         bind=DAEMON_HOST,
         name="attacked",
-        keyring=repo.keyring,
         extra_args=["--state-dir", str(base / "state"), "--max-peers", str(MAX_PEERS)],
     )
     try:
@@ -601,7 +600,6 @@ def test_wrong_block_data_bans_the_sender_and_apt_gets_the_right_file(
         tmp_path / "leech",
         bind="127.0.0.21",
         name="leech",
-        keyring=repo.keyring,
         extra_args=["--state-dir", str(tmp_path / "state"), "--peer", fake.address],
     )
     try:
