@@ -601,8 +601,9 @@ def test_a_failed_request_leaves_no_fetch_and_no_temporary_file(
     load_index(daemon, mirror, repo)
     p = repo.package("dt-big")
     mirror.fault(p.filename, "truncate")
-    status, _, _ = request(daemon, deb_target(mirror, p))
-    assert status == 502
+    status, _, body = request(daemon, deb_target(mirror, p))
+    # failed, never complete: a 502 before the first byte, or (under load) a cut 200
+    assert status == 502 or (status == 200 and len(body) < p.size), (status, len(body))
     wait_mirror_quiet(mirror, p)
     assert len(deb_requests(mirror, p)) == 1  # nobody asked again
     assert temporaries(daemon.cache_dir) == []
