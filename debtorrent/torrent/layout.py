@@ -47,7 +47,10 @@ class Segment(NamedTuple):
 
 
 class Layout:
-    """The piece/file geometry of one torrent or swarm; immutable once built.
+    """The piece/file geometry of one torrent or swarm.
+
+    A v1 layout is immutable. A file-aligned one only grows (:meth:`extend`): a suite
+    swarm (layout 2) adds files as indexes load, and nothing already numbered moves.
 
     Use :meth:`v1` or :meth:`file_aligned` rather than the constructor. Piece and file
     indices are checked and raise :class:`IndexError` when out of range, as a sequence
@@ -92,6 +95,22 @@ class Layout:
         else:
             self._first_piece = array("q")
             self.num_pieces = -(-self.total_size // piece_length)
+
+    def extend(self, file_sizes: Iterable[int]) -> range:
+        """Append files to a file-aligned layout; returns the new files' indices."""
+        if not self.aligned:
+            raise ValueError("only a file-aligned layout grows")
+        first = len(self._sizes)
+        pl = self.piece_length
+        for size in file_sizes:
+            if not isinstance(size, int) or size < 0:
+                raise MetainfoError(f"file size {size!r} is not a non-negative integer")
+            self._sizes.append(size)
+            self._offsets.append(self._offsets[-1] + size)
+            self._first_piece.append(self._first_piece[-1] + (size + pl - 1) // pl)
+        self.total_size = self._offsets[-1]
+        self.num_pieces = self._first_piece[-1]
+        return range(first, len(self._sizes))
 
     @classmethod
     def v1(cls, file_sizes: Iterable[int], piece_length: int) -> Layout:

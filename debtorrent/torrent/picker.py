@@ -159,6 +159,14 @@ class PieceSet:
     def to_bytes(self) -> bytes:
         return bytes(self._bits)
 
+    def grow(self, size: int) -> None:
+        """Make room for pieces up to *size* (a suite swarm's layout grew); the new
+        pieces are not members."""
+        if size < self.size:
+            raise ValueError("a piece set does not shrink")
+        self._bits.extend(bytes((size + 7) // 8 - len(self._bits)))
+        self.size = size
+
 
 class Block(NamedTuple):
     """One request: ``length`` bytes at ``begin`` inside ``piece``."""
@@ -223,6 +231,17 @@ class Picker:
         self._wanted: dict[int, int] = {}  # piece -> priority, for pieces we lack
         self._partial: dict[int, _Partial] = {}
         self._requests: dict[Peer, set[tuple[int, int]]] = {}  # peer -> {(piece, block)}
+
+    def grow(self) -> None:
+        """The layout grew (a suite swarm loaded another index): count its new pieces.
+
+        The have-set passed in at construction must be grown by its owner first.
+        """
+        added = self.layout.num_pieces - self.num_pieces
+        if added < 0:
+            raise ValueError("a layout does not shrink")
+        self._avail.extend(array("i", [0]) * added)
+        self.num_pieces = self.layout.num_pieces
 
     # --- availability ---------------------------------------------------------------------
 
