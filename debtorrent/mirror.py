@@ -9,6 +9,8 @@ are followed by hand, and only to mirrors the configuration allows.
 from __future__ import annotations
 
 import logging
+import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urljoin
@@ -24,6 +26,7 @@ from urllib3.exceptions import (
 
 from debtorrent import __version__
 from debtorrent.errors import MirrorError, MirrorNotFoundError, MirrorTimeoutError
+from debtorrent.ratelimit import TokenBucket
 
 __all__ = ["Mirror", "Response"]
 
@@ -48,6 +51,7 @@ class Response:
     start: int
     last_modified: str | None
     _raw: urllib3.BaseHTTPResponse
+    bucket: TokenBucket | None = None  # --mirror-rate, shared by every download
 
     def chunks(self) -> Iterator[bytes]:
         """The body, chunk by chunk; a short or broken body raises :class:`MirrorError`."""
@@ -57,15 +61,25 @@ class Response:
             for chunk in self._raw.stream(CHUNK, decode_content=False):
                 received += len(chunk)
                 yield chunk
+                if self.bucket is not None:
+                    pause = self.bucket.take(len(chunk), time.monotonic())
+                    if pause:
+                        time.sleep(pause)  # cooperative: the daemon patched time
             complete = self.length is None or received == self.length
         except ReadTimeoutError:
-            raise MirrorTimeoutError(self.url, "timed out while reading the body") from None
+            raise MirrorTimeoutError(self.url, "timed out while sending the body") from None
         except (ProtocolError, Urllib3Error, OSError) as exc:
-            raise MirrorError(self.url, f"body broken after {received} bytes: {exc}") from None
+            if self.length is not None and "IncompleteRead" in str(exc):
+                cut = f"cut the body at {received} of {self.length} bytes"
+                raise MirrorError(self.url, cut) from None
+            detail = getattr(exc, "strerror", None) or type(exc).__name__
+            raise MirrorError(
+                self.url, f"broke the connection after {received} bytes ({detail})"
+            ) from None
         finally:
             self.release(reuse=complete)
         if not complete:
-            raise MirrorError(self.url, f"body truncated at {received} of {self.length} bytes")
+            raise MirrorError(self.url, f"cut the body at {received} of {self.length} bytes")
 
     def release(self, reuse: bool = False) -> None:
         """Give the connection back, or close it when the body was not read to the end.
@@ -85,9 +99,15 @@ class Mirror:
         timeout: float,
         host_allowed: Callable[[str], bool],
         source_address: str | None = None,
+        bucket: TokenBucket | None = None,
     ) -> None:
         self.timeout = timeout
         self.host_allowed = host_allowed
+        self.bucket = bucket
+        # per mirror host: (time.time(), reason) of the last failure to connect or
+        # answer, and the time of the last answer; /health and the status page read them
+        self.failures: dict[str, tuple[float, str]] = {}
+        self.answered: dict[str, float] = {}
         kwargs = {"source_address": (source_address, 0)} if source_address else {}
         self.pool = urllib3.PoolManager(
             num_pools=32,
@@ -116,14 +136,20 @@ class Mirror:
         raise MirrorError(url, f"more than {MAX_REDIRECTS} redirects")
 
     def _request(self, url: str, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
+        host = urllib3.util.parse_url(url).netloc or url
         try:
-            return self.pool.request(
+            raw = self.pool.request(
                 "GET", url, headers=headers, preload_content=False, redirect=False
             )
         except MaxRetryError as exc:
-            raise _mirror_error(url, exc.reason) from None
+            error = _mirror_error(url, exc.reason, self.timeout)
         except (Urllib3Error, OSError) as exc:
-            raise _mirror_error(url, exc) from None
+            error = _mirror_error(url, exc, self.timeout)
+        else:
+            self.answered[host] = time.time()
+            return raw
+        self.failures[host] = (time.time(), error.reason)
+        raise error
 
     def _redirect_target(self, url: str, location: str) -> str:
         if not location or any(c in location for c in "\r\n\0"):
@@ -141,10 +167,10 @@ class Mirror:
         status = raw.status
         if status in (404, 410):
             _discard(raw)
-            raise MirrorNotFoundError(url, f"not found ({status})")
+            raise MirrorNotFoundError(url, f"has no such file ({status})")
         if status not in (200, 206):
             _discard(raw)
-            raise MirrorError(url, f"mirror answered {status}")
+            raise MirrorError(url, f"answered {status} {raw.reason or ''}".strip())
         start = 0
         length_header = raw.headers.get("Content-Length")
         length = int(length_header) if length_header and length_header.isdigit() else None
@@ -155,7 +181,9 @@ class Mirror:
             except (IndexError, ValueError):
                 _discard(raw)
                 raise MirrorError(url, f"bad Content-Range {content_range!r}") from None
-        return Response(url, status, length, start, raw.headers.get("Last-Modified"), raw)
+        return Response(
+            url, status, length, start, raw.headers.get("Last-Modified"), raw, self.bucket
+        )
 
     def close(self) -> None:
         """Drop every pooled connection."""
@@ -177,14 +205,35 @@ def _discard(raw: urllib3.BaseHTTPResponse) -> None:
     raw.release_conn()
 
 
-def _mirror_error(url: str, reason: object) -> MirrorError:
+def _mirror_error(url: str, reason: object, timeout: float) -> MirrorError:
     """The error apt should see for a failed request: refused 502, timed out 504.
 
-    urllib3 2 makes NewConnectionError a subclass of ConnectTimeoutError, so a refused
-    connection must be recognised before any timeout check.
+    Each reason reads after the word "Mirror" (apt shows it in the status line: see
+    :mod:`debtorrent.apt.app`). urllib3 2 makes NewConnectionError a subclass of
+    ConnectTimeoutError, so a refused connection must be recognised before any timeout
+    check; a name that does not resolve is a NameResolutionError in urllib3 2 and a
+    NewConnectionError caused by ``socket.gaierror`` in Debian's urllib3 1.26.
     """
     if isinstance(reason, NewConnectionError):
-        return MirrorError(url, "connection refused or unreachable")
+        cause = _cause(reason)
+        if isinstance(cause, socket.gaierror) or "NameResolutionError" in type(reason).__name__:
+            return MirrorError(url, "host name not found in DNS")
+        if isinstance(cause, ConnectionRefusedError) or "refused" in str(reason).lower():
+            return MirrorError(url, "refused connection")
+        if isinstance(cause, (socket.timeout, TimeoutError)):
+            return MirrorTimeoutError(url, f"timed out after {timeout:g} s")
+        detail = getattr(cause, "strerror", None) or "no route"
+        return MirrorError(url, f"unreachable: {detail}")
     if isinstance(reason, (ReadTimeoutError, urllib3.exceptions.ConnectTimeoutError)):
-        return MirrorTimeoutError(url, "timed out")
+        return MirrorTimeoutError(url, f"timed out after {timeout:g} s")
     return MirrorError(url, f"request failed: {reason}")
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    """The OSError behind a urllib3 connection error (its cause or context chain)."""
+    seen = exc.__cause__ or exc.__context__
+    for _ in range(5):
+        if seen is None or (isinstance(seen, OSError) and not isinstance(seen, Urllib3Error)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -36,10 +36,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Cached:
-    """A complete file in the cache; ``source`` says how it got there for this request."""
+    """A complete file in the cache; ``source`` says how it got there for this request.
+
+    ``sha256`` (hex) is set for a file verified against the signed index chain: the
+    apt side sends it as a strong ETag.
+    """
 
     path: Path | str
     source: str = "cache"
+    sha256: str | None = None
 
 
 # A hook the swarm layer installs: given a package request matched to an index entry,
@@ -104,7 +109,7 @@ class Proxy:
     def _immutable(self, target: Target, expected: Expected | None) -> Cached | Download:
         cached = self.cache.find(target.mirror, target.path)
         if cached is not None and (expected is None or _size(cached) == expected.size):
-            return Cached(cached)
+            return Cached(cached, sha256=expected.sha256 if expected else None)
         download = self.fetcher.fetch(
             target.mirror, target.path, target.url, expected=expected, keep=True
         )
@@ -142,11 +147,13 @@ class Proxy:
         entry = match.entry
         cached = self.cache.find(target.mirror, target.path)
         if cached is not None and _size(cached) == entry.size:
-            return Cached(cached)
+            return Cached(cached, sha256=entry.sha256.hex())
+        if cached is not None:  # truncated or changed behind our back: fetched again
+            log.warning("%s: cached copy has the wrong size; fetching it again", target)
         if self.package_source is not None:
             result = self.package_source(match)
             if isinstance(result, Path):
-                return Cached(result, "swarm")
+                return Cached(result, "swarm", entry.sha256.hex())
             if result is not None:
                 return result
         expected = Expected(entry.size, entry.sha256.hex())

@@ -23,6 +23,7 @@ from gevent.server import StreamServer
 
 from debtorrent.errors import DebtorrentError, ProtocolError
 from debtorrent.mirror import Mirror
+from debtorrent.ratelimit import RateLimits
 from debtorrent.torrent import wire
 from debtorrent.torrent.choker import ChokerSettings, OptimisticUnchoke, PeerSnapshot
 from debtorrent.torrent.peer import HANDSHAKE_TIMEOUT, PeerConnection
@@ -79,6 +80,7 @@ class Session:
         self._greenlets: list[gevent.Greenlet] = []
         self._static_tried: dict[tuple[bytes, tuple[str, int]], float] = {}
         self.file_listeners: list = []
+        self.limits = RateLimits()  # --upload-rate, --download-rate (the daemon sets them)
 
     # --- life cycle -----------------------------------------------------------------
 

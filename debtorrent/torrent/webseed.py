@@ -58,7 +58,13 @@ class MirrorFetch:
             self._transfer()
         except DebtorrentError as exc:
             error = exc
-            log.warning("%s: mirror fetch of %s failed: %s", self.swarm, self.url, exc)
+            log.warning(
+                "%s: mirror fetch of %s failed: %s",
+                self.swarm,
+                self.url,
+                exc,
+                extra={"failure": exc},  # the status page lists it once
+            )
         finally:
             if self.yielded and error is None:
                 error = MirrorError(self.url, "left to another daemon")
@@ -104,8 +110,6 @@ class MirrorFetch:
         whole = first == 0 and last == size
         headers = {} if whole else {"Range": f"bytes={first}-{last - 1}"}
         response = swarm.session.mirror.get(self.url, headers)
-        if response.last_modified:
-            swarm.mirror_dates[self.file_index] = response.last_modified
         ranged = response.status == 206
         position = response.start if ranged else 0
         expected = (last - first) if ranged else size

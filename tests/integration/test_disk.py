@@ -56,7 +56,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 TMP_PREFIX = ".dt-tmp-"
-FULL = r"50[37]\s+(Service Unavailable|Insufficient Storage)"
+FULL = r"50[37]\s+Cache (disk full|error)"
 
 
 # ---- helpers --------------------------------------------------------------------------------
