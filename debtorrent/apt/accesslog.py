@@ -10,7 +10,8 @@
 Fields, separated by single spaces: local time with its UTC offset; the client
 address; the request line in double quotes (control characters, backslashes and
 quotes escaped as ``\\xNN``, cut at 2,000 characters); the status; the body bytes
-actually sent; where the answer came from (``cache``, ``offline`` for the saved copy
+actually sent (chunk framing included for the rare stream whose length the mirror did
+not say); where the answer came from (``cache``, ``offline`` for the saved copy
 served while the mirror fails, ``peer`` for a package that came through its swarm,
 ``mirror`` when the mirror sent it or joined the swarm download, ``-`` for no file:
 errors, refusals, status paths); and the milliseconds from the request line to the
@@ -97,14 +98,20 @@ class AccessLog:
         start, finish = handler.time_start, handler.time_finish
         ms = round((finish - start) * 1000) if start and finish else 0
         environ = getattr(handler, "environ", None) or {}
-        self.write(
-            client,
-            handler.requestline or "",
-            code,
-            handler.response_length or 0,
-            answer_source(environ),
-            ms,
-        )
+        sent = max(0, (handler.response_length or 0) - _head_length(handler))
+        self.write(client, handler.requestline or "", code, sent, answer_source(environ), ms)
+
+
+def _head_length(handler: Any) -> int:
+    """Bytes of the status line and headers pywsgi sent (it counts them in
+    ``response_length`` with the body)."""
+    if not getattr(handler, "headers_sent", False):
+        return 0
+    status = handler.status or b""
+    if isinstance(status, str):
+        status = status.encode("latin-1")
+    fields = getattr(handler, "response_headers", None) or ()
+    return len(b"HTTP/1.1 ") + len(status) + 2 + sum(len(k) + len(v) + 4 for k, v in fields) + 2
 
 
 def with_access_log(handler_class: type, access_log: AccessLog) -> type:
