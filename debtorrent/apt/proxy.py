@@ -102,7 +102,12 @@ class Proxy:
             cached = self.cache.get(target.mirror, target.path)
             if cached is None:
                 raise
-            log.warning("%s: fetch failed (%s); serving the offline copy", target, exc)
+            log.warning(
+                "%s: fetch failed (%s); serving the offline copy",
+                target,
+                exc,
+                extra={"failure": exc},  # one failure, one line on the status page
+            )
             return Cached(cached, "offline")
         return download
 

@@ -254,6 +254,10 @@ def test_health_is_503_with_the_reason_while_every_mirror_fails(
     assert body.decode() == f"unhealthy: mirror {mirror.address} failing: refused connection\n"
     snap = json.loads(request(daemon, "/status.json")[3])
     assert snap["health"] == {"ok": False, "reason": body.decode()[11:].strip()}
+    # the fetch and the answer to apt both logged the failure: it is listed once
+    refusals = [e for e in snap["errors"] if "refused connection" in e["message"]]
+    assert [e["count"] for e in refusals] == [1], snap["errors"]
+    assert daemon.log_text().count("refused connection") >= 2
     mirror.restart()
     apt.update()
     assert request(daemon, "/health")[0] == 200
