@@ -19,6 +19,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from debtorrent import offload
+
 __all__ = ["State"]
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,7 @@ class State:
                 with os.fdopen(fd, "w", encoding="utf-8") as handle:
                     json.dump(data, handle, sort_keys=True)
                     handle.flush()
-                    os.fsync(handle.fileno())
+                    offload.fsync(handle.fileno())  # a slow disk must not stall the hub
                 _give_to_directory_owner(tmp, self.path.parent)
                 os.replace(tmp, self.path)
             except BaseException:

@@ -166,6 +166,21 @@ class AptApp:
             )
             return self._error(start_response, code, reason_phrase(exc, code), str(exc))
 
+    def prefetch(self, client: str, raw: str) -> None:
+        """Start the download of a pipelined request that will be answered later.
+
+        Only what the request itself would be allowed to fetch; anything odd is left
+        for the request, which will answer it properly.
+        """
+        if not self.config.client_allowed(client) or raw.split("?", 1)[0] in self.routes:
+            return
+        try:
+            target = parse_target(raw)
+        except DebtorrentError:
+            return
+        if self.config.mirror_allowed(target.mirror):
+            self.proxy.prefetch(target)
+
     def _handle(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         client = environ.get("REMOTE_ADDR", "")
         if not self.config.client_allowed(client):
@@ -188,13 +203,14 @@ class AptApp:
         environ["debtorrent.class"] = classify(target.path).value
         if not self.config.mirror_allowed(target.mirror):
             raise ForbiddenError(f"mirror {target.mirror} not allowed")
-        result = self.proxy.resolve(target)
+        conditional = "HTTP_IF_MODIFIED_SINCE" in environ
+        result = self.proxy.resolve(target, conditional)
         if isinstance(result, Cached):
             try:
                 return self._send_cached(environ, start_response, result)
             except FileNotFoundError:  # removed between the lookup and the open
                 log.info("%s: cached file vanished; resolving again", target)
-                result = self.proxy.resolve(target)
+                result = self.proxy.resolve(target, conditional)
                 if isinstance(result, Cached):
                     return self._send_cached(environ, start_response, result)
         return self._stream(environ, start_response, result)
