@@ -11,7 +11,9 @@ they are safe beside a running one:
 - a file is added the daemon's way too: written or linked under a temporary name in its
   final directory, then renamed, so a daemon (or apt) never sees half a file;
 - what "verified" means comes from the indexes saved in the cache (the same
-  :class:`~debtorrent.archive.indexes.Archive` the daemon loads at start).
+  :class:`~debtorrent.archive.indexes.Archive` the daemon loads at start, with the same
+  signature checks): only indexes whose Release verified count, as only those become
+  swarms in the daemon.
 
 Run as root on a cache that belongs to another user (the system service's), every file
 and directory the commands create is given to that user, and a file is copied rather
@@ -33,6 +35,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from debtorrent.archive.indexes import Archive, LoadedIndex
+from debtorrent.archive.signature import Verifier
 from debtorrent.cache import TMP_PREFIX, Cache
 from debtorrent.errors import CacheError
 
@@ -111,10 +114,10 @@ def looks_like_cache(root: Path) -> str | None:
 class CacheTool:
     """Verify, clear and import, on one cache directory."""
 
-    def __init__(self, cache: Cache, say: Say = print) -> None:
+    def __init__(self, cache: Cache, verifier: Verifier | None = None, say: Say = print) -> None:
         self.cache = cache
         self.say = say
-        self.archive = Archive(cache)
+        self.archive = Archive(cache, verifier)
         try:
             owner = os.stat(cache.root)
             self._owner: tuple[int, int] | None = (owner.st_uid, owner.st_gid)
@@ -124,8 +127,13 @@ class CacheTool:
             self._owner = None  # nothing to hand over: the files are ours already
 
     def load_indexes(self) -> int:
-        """Load the Releases and Packages saved in the cache (as the daemon does)."""
-        return self.archive.load_saved()
+        """Load the Releases and Packages saved in the cache (as the daemon does); the
+        number of trusted indexes."""
+        self.archive.load_saved()
+        return len(self._trusted())
+
+    def _trusted(self) -> list[LoadedIndex]:
+        return [loaded for loaded in list(self.archive.loaded.values()) if loaded.trusted]
 
     # --- walking ---------------------------------------------------------------------
 
@@ -181,7 +189,9 @@ class CacheTool:
     def _expected(self, mirror: str, path: str) -> tuple[int, bytes] | None:
         if path.endswith(PACKAGE_SUFFIXES):
             match = self.archive.lookup(mirror, path)
-            return (match.entry.size, match.entry.sha256) if match else None
+            if match is None or not match.loaded.trusted:
+                return None
+            return (match.entry.size, match.entry.sha256)
         parts = path.split("/")
         if len(parts) > 2 and parts[-3:-1] == ["by-hash", "SHA256"]:
             try:
@@ -240,7 +250,7 @@ class CacheTool:
         by_digest: dict[bytes, list[tuple[LoadedIndex, int]]] = {}
         by_name: dict[str, int] = {}
         sizes: set[int] = set()
-        for loaded in list(self.archive.loaded.values()):
+        for loaded in self._trusted():
             index = loaded.index
             for i, filename in enumerate(index.filenames):
                 digest = bytes(index.digests[i * 32 : i * 32 + 32])

@@ -26,6 +26,7 @@ from typing import Any
 
 import urllib3
 
+from debtorrent.archive.signature import Keyrings, Verifier
 from debtorrent.cache import TMP_PREFIX, Cache
 from debtorrent.cachetool import CacheTool, looks_like_cache, require_writable
 from debtorrent.config import Config
@@ -256,7 +257,8 @@ def _tool(config: Config) -> CacheTool:
     if problem is not None:
         raise DebtorrentError(f"{root} does not look like a debtorrent cache: {problem}")
     require_writable(root)
-    return CacheTool(Cache(root, check=False))
+    verifier = Verifier(config.verify_signatures, Keyrings(config.keyring))
+    return CacheTool(Cache(root, check=False), verifier)
 
 
 def _tell_daemon(config: Config) -> None:
@@ -283,7 +285,8 @@ def verify(config: Config) -> int:
         print(f"bad: {line}")
     print(
         f"checked {report.checked:,} files ({human_bytes(report.bytes)}) against "
-        f"{indexes} saved Packages indexes: {report.good:,} good, {len(report.bad):,} bad; "
+        f"{indexes} saved Packages indexes (verified Releases): {report.good:,} good, "
+        f"{len(report.bad):,} bad; "
         f"{report.unlisted:,} packages no saved index lists, {report.other:,} other files"
     )
     if report.bad:
@@ -306,8 +309,8 @@ def import_(config: Config, paths: list[str]) -> int:
     tool = _tool(config)
     if tool.load_indexes() == 0:
         raise DebtorrentError(
-            f"no Packages index is saved in {config.cache_dir}: run apt update through "
-            "the daemon first, so it knows what the packages must be"
+            f"no Packages index with a verified Release is saved in {config.cache_dir}: "
+            "run apt update through the daemon first, so it knows what the packages must be"
         )
     report = tool.import_paths(paths)
     for line in report.bad:

@@ -30,6 +30,7 @@ from debtorrent.apt.app import AptApp
 from debtorrent.apt.proxy import Proxy
 from debtorrent.apt.serve import AptServer
 from debtorrent.archive.indexes import Archive
+from debtorrent.archive.signature import Keyrings, Verifier
 from debtorrent.cache import Cache
 from debtorrent.config import Config
 from debtorrent.errors import DebtorrentError
@@ -61,13 +62,17 @@ class Daemon:
         self.config = config
         self.access_log = access_log
         self.cache = Cache(config.cache_dir)
-        self.archive = Archive(self.cache)
+        self.keyrings = Keyrings(config.keyring)
+        self.archive = Archive(self.cache, Verifier(config.verify_signatures, self.keyrings))
         self.limits = RateLimits.of(config.upload_rate, config.download_rate, config.mirror_rate)
         self.mirror = Mirror(
             config.http_timeout,
             config.mirror_allowed,
             config.peer_bind or None,
             bucket=self.limits.mirror,
+            reach=config.reach,
+            tls_mirror=config.tls_mirror,
+            ca_file=config.ca_file,
         )
         self.fetcher = Fetcher(self.cache, self.mirror)
         self.proxy = Proxy(self.cache, self.archive, self.fetcher, config.http_timeout + 5)
@@ -179,6 +184,7 @@ class Daemon:
         self.session.stop()
         self.state.save(self.session.counters)
         self.mirror.close()
+        self.keyrings.close()
         self.status.close()
         if self.access_log is not None:
             self.access_log.close()

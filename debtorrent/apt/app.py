@@ -6,12 +6,17 @@ place that knows HTTP statuses. Expected failures arrive as
 become short plain-text answers, never a traceback.
 
 apt shows only the status line of a failed answer (``Err:3 http://… 502 …``), never
-the body, so the reason phrase carries the cause: ``502 Mirror refused connection
-(deb.example.org:80)``, ``504 Mirror timed out after 30 s (deb.example.org)``,
-``403 Mirror evil.example not allowed`` (see :func:`reason_phrase`). The phrase is
-printable ASCII and short; the only part of it that comes from the request is the
-mirror host, which :func:`~debtorrent.apt.urls.parse_target` has already checked to be
-a host name. Nothing else taken from the request is written into a response header.
+the body, so the reason phrase carries the cause (see :func:`reason_phrase`): an
+error's own ``phrase`` when the code that raised it chose one (``Forbidden (not a file
+of a Debian archive)``), else one made from the error: ``502 Mirror refused connection
+(deb.example.org:80)``, ``504 Mirror timed out after 30 s (deb.example.org)``, ``403
+Client 192.0.2.7 not allowed``. The phrase is printable ASCII and short; the only part
+of it that comes from the request is the mirror host, which
+:func:`~debtorrent.apt.urls.parse_target` has already checked to be a host name.
+Nothing else taken from the request is written into a response header.
+
+``CONNECT`` (an https source through ``Acquire::http::Proxy``) goes to
+:mod:`debtorrent.apt.tunnel`; everything else but GET and HEAD is a 405.
 
 Resuming: a verified file is answered with a strong ``ETag`` (its index SHA256) when
 it comes whole from the cache, and always with the ``Last-Modified`` date of the
@@ -38,7 +43,8 @@ from debtorrent.apt.serve import (
     parse_http_date,
     parse_range,
 )
-from debtorrent.apt.urls import classify, parse_target
+from debtorrent.apt.tunnel import Tunnels
+from debtorrent.apt.urls import FileClass, classify, parse_target
 from debtorrent.config import Config
 from debtorrent.errors import (
     BadRequestError,
@@ -82,11 +88,18 @@ MAX_PHRASE = 120  # characters of a reason phrase
 
 
 def _status(code: int, phrase: str | None = None) -> str:
-    return f"{code} {phrase or _REASONS.get(code, 'Error')}"
+    return f"{code} {_phrase(phrase or '') or _REASONS.get(code, 'Error')}"
+
+
+#: Phrases that only repeat the status: a more precise one is made from the error.
+_GENERIC = frozenset({"Forbidden", "Service Unavailable", "Bad Gateway", "Not Found"})
 
 
 def reason_phrase(exc: DebtorrentError, code: int) -> str:
     """The status line's reason phrase for a failure: the cause, as apt will print it."""
+    chosen = getattr(exc, "phrase", None)
+    if chosen and chosen not in _GENERIC:
+        return _phrase(chosen)
     if isinstance(exc, MirrorError) and not isinstance(exc, MirrorNotFoundError):
         host = _host_of(exc.url)
         text = f"Mirror {exc.reason} ({host})" if host else _capital(exc.reason)
@@ -104,7 +117,11 @@ def reason_phrase(exc: DebtorrentError, code: int) -> str:
     elif isinstance(exc, BadRequestError):
         text = "Bad Request: " + str(exc)
     else:
-        text = _REASONS.get(code, "Error")
+        text = chosen or _REASONS.get(code, "Error")
+    if not (
+        text[:1].isascii() and text[:1].isalpha()
+    ):  # a phrase reads as words: "Forbidden: 0", not "0"
+        text = f"{_REASONS.get(code, 'Error')}: {text}"
     return _phrase(text)
 
 
@@ -141,6 +158,7 @@ class AptApp:
         self.proxy = proxy
         self.routes: dict[str, Route] = dict(routes or {})
         self.read_timeout = max(config.http_timeout * 2, 10.0)
+        self.tunnels = Tunnels(config)
         # Told of each proxied answer as it starts: (file class, status, body bytes,
         # source: cache, offline, peer, mirror); the status page counts with it.
         self.on_request: Callable[[str, int, int, str], None] | None = None
@@ -189,20 +207,31 @@ class AptApp:
         raw = environ.get("debtorrent.raw_target") or environ.get("PATH_INFO", "/")
         if method == "POST" and raw in self.post_routes:
             return self.post_routes[raw](environ, start_response)
+        if method == "CONNECT":
+            return self.tunnels.open(raw, client or "-")
         if method not in ("GET", "HEAD"):
             self._log_refusal(client, f"method {_loggable(method)[:20]} refused (405)")
             start_response(
-                _status(405, f"Method {_phrase(method)[:20]} not allowed: GET or HEAD"),
-                [("Allow", "GET, HEAD"), ("Content-Length", "0")],
+                _status(405, f"Method {_phrase(method)[:20]} not allowed: GET, HEAD or CONNECT"),
+                [("Allow", "GET, HEAD, CONNECT"), ("Content-Length", "0")],
             )
             return []
         route = self.routes.get(raw.split("?", 1)[0])
         if route is not None:
             return route(environ, start_response)
         target = parse_target(raw)
-        environ["debtorrent.class"] = classify(target.path).value
+        cls = classify(target.path)
+        environ["debtorrent.class"] = cls.value
         if not self.config.mirror_allowed(target.mirror):
-            raise ForbiddenError(f"mirror {target.mirror} not allowed")
+            raise ForbiddenError(
+                f"mirror {target.mirror} not allowed", "Forbidden (mirror not in allowed-mirrors)"
+            )
+        if cls is FileClass.UNKNOWN:
+            raise ForbiddenError(
+                f"{target.path!r} is not a file of a Debian archive",
+                "Forbidden (not a file of a Debian archive)",
+            )
+        self.config.reach.check_literal(target.mirror, target.url)
         conditional = "HTTP_IF_MODIFIED_SINCE" in environ
         result = self.proxy.resolve(target, conditional)
         if isinstance(result, Cached):

@@ -19,7 +19,7 @@ from pathlib import Path
 from tests.fixtures.daemon import BIN, Daemon
 from tests.fixtures.helpers import deb_target, sha256_file, wait_until
 from tests.fixtures.mirror import MirrorServer
-from tests.fixtures.repo import Repo
+from tests.fixtures.repo import Repo, fixture_keyrings
 
 SET = ("dt-base", "libdt1", "dt-medium", "dt-docs", "dt-data")
 
@@ -32,6 +32,8 @@ def cli(daemon: Daemon, *args: str, timeout: float = 120) -> subprocess.Complete
     """``debtorrent ARGS`` aimed at ``daemon``'s address, port and cache (no config file)."""
     where = ["-c", "/dev/null", "--bind", daemon.bind, "--port", str(daemon.port)]
     where += ["--cache-dir", str(daemon.cache_dir), "--state-dir", str(daemon.workdir / "state")]
+    for keyring in fixture_keyrings():  # the commands check Release signatures as it does
+        where += ["--keyring", str(keyring)]
     return subprocess.run(
         [sys.executable, str(BIN), *args, *where],
         capture_output=True,
@@ -282,7 +284,9 @@ def test_import_without_a_daemon_is_seeded_at_the_next_start(
 def test_commands_refuse_a_cache_without_indexes_and_bad_usage(daemon_factory) -> None:
     daemon = daemon_factory()
     none = cli(daemon, "import", "/nonexistent")
-    assert none.returncode == 1 and "no Packages index is saved" in none.stderr
+    assert (
+        none.returncode == 1 and "no Packages index with a verified Release is saved" in none.stderr
+    )
     twice = subprocess.run(
         [sys.executable, str(BIN), "status", "--port", "1", "--port", "2"],
         capture_output=True,

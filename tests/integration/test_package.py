@@ -304,7 +304,8 @@ def test_unit_verifies(installed: Path):
 def test_service_answers_apt_update_and_stops_on_sigterm(
     service_factory, repo, mirror, apt_factory
 ):
-    service = service_factory()
+    # the fixture mirror listens on loopback, which the daemon reaches only when named
+    service = service_factory("--allowed-mirrors=*,127.0.0.1")
     assert pwd.getpwuid(service.uid()).pw_name == USER
     daemon = SimpleNamespace(url=service.url)
     path_form = apt_factory.path_form(daemon, mirror)
@@ -347,7 +348,8 @@ def test_apt_needs_no_line_goes_through_the_daemon_and_direct_without_it(
     mirror once the daemon is stopped."""
     assert APT_DROPIN.is_file() and os.access(DETECT, os.X_OK)
     assert f'Acquire::http::Proxy-Auto-Detect "{DETECT}";' in APT_DROPIN.read_text()
-    service = service_factory()
+    # the fixture mirror listens on loopback, which the daemon reaches only when named
+    service = service_factory("--allowed-mirrors=*,127.0.0.1")
     if service.port != 9988:  # the script reads the port of /etc/debtorrent.conf
         pytest.skip("port 9988 is taken on this machine: the drop-in would find another")
     apt = apt_factory.direct(mirror)  # sources: http://<mirror>/debian ..., nothing else
