@@ -85,16 +85,17 @@ def _flag(opt: Option) -> str:
 def usage() -> str:
     """The full docopt text, built from :data:`debtorrent.config.OPTIONS`."""
     repeat = " ".join(f"[--{o.name}={o.metavar}]..." for o in OPTIONS if o.repeatable)
+    # One pattern for the daemon and every command: docopt 0.6 repeats the last value
+    # of a repeatable option (--keyring a --keyring b -> a, b, b) when it appears in
+    # several usage lines. The second line continues the first.
+    commands = " | ".join(f"{c.words} {c.arguments}".strip() for c in COMMANDS)
     lines = [
         f"{PROG}: a BitTorrent-based apt proxy for Debian.",
         "",
         "Usage:",
         f"  {PROG} [options]{' ' + repeat if repeat else ''}",
+        f"  {' ' * len(PROG)} [{commands}]",
     ]
-    for command in COMMANDS:
-        arguments = command.arguments.replace("PATH...", "[options] PATH...")
-        tail = arguments if "[options]" in arguments else f"{arguments} [options]".strip()
-        lines.append(f"  {PROG} {command.words} {tail}")
     lines += [
         f"  {PROG} -h | --help",
         f"  {PROG} --version",
@@ -106,9 +107,9 @@ def usage() -> str:
         # docopt 0.6 reads any line starting with "-" as an option's description: a
         # flag named in the help must never begin a wrapped line
         glued = command.help.replace(" --", "\0--")
-        text = [line.replace("\0", " ") for line in textwrap.wrap(glued, 76 - 16)]
-        lines.append(f"  {name:<14}  {text[0]}")
-        lines.extend(" " * 18 + more for more in text[1:])
+        text = [line.replace("\0", " ") for line in textwrap.wrap(glued, 76 - 22)]
+        lines.append(f"  {name:<20}  {text[0]}")
+        lines.extend(" " * 24 + more for more in text[1:])
     lines += [
         f"  Without -c, the commands read {SYSTEM_CONFIG} if it exists.",
         "",

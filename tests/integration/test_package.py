@@ -25,6 +25,7 @@ import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -301,11 +302,27 @@ def test_unit_verifies(installed: Path):
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
+@pytest.fixture
+def service_keyring(repo) -> Iterator[Path]:
+    """The fixture archive's key where the service user can read it (pytest's tmp is
+    root's only): the daemon trusts it as apt's own keys, so its index becomes a swarm."""
+    directory = Path(tempfile.mkdtemp(prefix="debtorrent-keyring-"))
+    try:
+        directory.chmod(0o755)
+        copy = directory / repo.keyring.name
+        shutil.copyfile(repo.keyring, copy)
+        copy.chmod(0o644)
+        yield copy
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def test_service_answers_apt_update_and_stops_on_sigterm(
-    service_factory, repo, mirror, apt_factory
+    service_factory, repo, mirror, apt_factory, service_keyring
 ):
-    # the fixture mirror listens on loopback, which the daemon reaches only when named
-    service = service_factory("--allowed-mirrors=*,127.0.0.1")
+    # the fixture mirror listens on loopback, which the daemon reaches only when named;
+    # its archive key is trusted as apt's own keys are, so its index becomes a swarm
+    service = service_factory("--allowed-mirrors=*,127.0.0.1", f"--keyring={service_keyring}")
     assert pwd.getpwuid(service.uid()).pw_name == USER
     daemon = SimpleNamespace(url=service.url)
     path_form = apt_factory.path_form(daemon, mirror)
