@@ -38,9 +38,10 @@ from debtorrent.expiry import Expiry
 from debtorrent.fetch import Fetcher
 from debtorrent.metrics import metrics_app
 from debtorrent.mirror import Mirror
+from debtorrent.policy import Policy
 from debtorrent.ratelimit import LogLimiter, RateLimits
 from debtorrent.state import State
-from debtorrent.status import Status
+from debtorrent.status import Status, StatusSources
 from debtorrent.torrent.manager import SwarmManager
 from debtorrent.torrent.session import Session, SessionSettings
 
@@ -78,13 +79,27 @@ class Daemon:
         self.proxy = Proxy(self.cache, self.archive, self.fetcher, config.http_timeout + 5)
         self.app = AptApp(config, self.proxy)
         self.session = Session(session_settings(config), self.mirror)
-        self.session.limits = self.limits
+        self.session.rate_limits = self.limits
         self.swarms = SwarmManager(self.session, self.archive, self.cache, config.old_swarm_keep)
         self.proxy.package_source = self.swarms.fetch
         self.state = State(config.state_dir)
         self.expiry = Expiry(self.cache, self.archive, config.cache_limit, self.swarms.forget)
         self.started = time.monotonic()
-        self.status = Status(self)
+        self.status = Status(
+            StatusSources(
+                session=self.session,
+                cache_root=self.cache.root,
+                apt_port=config.port,
+                started=self.started,
+                all_time=self.state.totals,
+                mirror_downloads=lambda: self.fetcher.active.values(),
+                indexes_loading=lambda: self.archive.loading,
+                archive=self.archive,
+                tunnels=lambda: self.app.tunnels.snapshot(),
+                mirror=self.mirror,
+                has_room=self.cache.has_room,
+            )
+        )
         self.app.on_request = self.status.on_request
         self.app.routes["/"] = self.status.page_app
         self.app.routes["/status.json"] = self.status.json_app
@@ -206,6 +221,7 @@ def session_settings(config: Config) -> SessionSettings:
         connect_grace=config.connect_grace,
         http_seed_min_rate=config.http_seed_min_rate,
         http_timeout=config.http_timeout,
+        policy=Policy.from_config(config),
     )
 
 

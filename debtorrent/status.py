@@ -21,6 +21,13 @@ Two things are gathered here rather than asked of other layers:
   (``extra={"failure": exc}``) are kept once, and a message repeated word for word is
   one entry with a count.
 
+Everything else comes through :class:`StatusSources`, the small typed view the daemon
+builds for the status page (the session, the cache root, the apt port, the all-time
+totals, the mirror downloads in flight, the archive and the mirror), and the swarms'
+own typed reports (:meth:`~debtorrent.torrent.swarm.Swarm.info`,
+:meth:`~debtorrent.torrent.swarm.Swarm.downloads`): no attribute looked up by name,
+and the status page holds no reference to the daemon itself.
+
 ``/health`` answers 200 while the daemon can serve, and 503 with the reason when it
 cannot: the cache directory cannot be written or its disk is full, or every mirror it
 used is failing (nothing new can come in). The apt proxy detection script installed by
@@ -34,18 +41,23 @@ import logging
 import os
 import time
 from collections import Counter, deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import gevent
 
 from debtorrent import __version__
+from debtorrent.archive.indexes import Archive
 from debtorrent.cache import TMP_PREFIX
+from debtorrent.fetch import Download
+from debtorrent.mirror import Mirror
 from debtorrent.statuspage import render
+from debtorrent.torrent.peer import PeerConnection
+from debtorrent.torrent.session import NOTE_LOGGER, Session
+from debtorrent.torrent.swarm import Swarm
 
-if TYPE_CHECKING:
-    from debtorrent.daemon import Daemon
-
-__all__ = ["CacheUsage", "RecentErrors", "Status"]
+__all__ = ["CacheUsage", "RecentErrors", "Status", "StatusSources"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +76,35 @@ MIN_FREE = 16 << 20
 def _share(from_peers: int, from_mirror: int) -> float:
     total = from_peers + from_mirror
     return round(from_peers / total, 4) if total else 0.0
+
+
+@dataclass(frozen=True)
+class StatusSources:
+    """What the status page reads, handed over by the daemon (which it never sees).
+
+    New sources are new fields (with a default, so the daemon and tests that do not
+    have one still build it).
+    """
+
+    session: Session
+    cache_root: str | os.PathLike[str]
+    apt_port: int
+    #: ``time.monotonic()`` at start, for the uptime
+    started: float = field(default_factory=time.monotonic)
+    #: the all-time totals for the session's counters (the checkpoint adds its own)
+    all_time: Callable[[Mapping[str, int]], Mapping[str, int]] = dict
+    #: direct mirror downloads in flight (indexes, files no swarm has)
+    mirror_downloads: Callable[[], Iterable[Download]] = tuple
+    #: Packages indexes being hashed and scanned now (off the hub)
+    indexes_loading: Callable[[], int] = int
+    #: the archive, for the trust state of every Release (``suites``)
+    archive: Archive | None = None
+    #: counts of the CONNECT tunnels (``tunnels``)
+    tunnels: Callable[[], Mapping[str, Any]] = dict
+    #: the upstream side, for each mirror's last failure (``mirrors``, ``/health``)
+    mirror: Mirror | None = None
+    #: whether that many bytes fit on the cache's disk (``/health``)
+    has_room: Callable[[int], bool] = lambda size: True
 
 
 class CacheUsage:
@@ -140,7 +181,7 @@ class RecentErrors(logging.Handler):
         self._failures: deque[BaseException] = deque(maxlen=maxlen)
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name == "debtorrent.torrent.session" and record.funcName == "note":
+        if record.name == NOTE_LOGGER:
             return
         failure = getattr(record, "failure", None)
         if failure is not None:
@@ -169,14 +210,14 @@ class Status:
     session's counters (key ``apt``) so that the checkpoint keeps them all-time.
     """
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, sources: StatusSources) -> None:
+        self.sources = sources
         self.started_at = time.time()
         self.requests: Counter[tuple[str, int]] = Counter()
         self.request_bytes: Counter[tuple[str, int]] = Counter()
         self.hits = 0
         self.misses = 0
-        self.cache_usage = CacheUsage(daemon.cache.root)
+        self.cache_usage = CacheUsage(sources.cache_root)
         self.errors = RecentErrors()
         self._logger = logging.getLogger("debtorrent")
 
@@ -191,7 +232,7 @@ class Status:
         self.requests[(cls, status)] += 1
         if nbytes > 0:
             self.request_bytes[(cls, status)] += nbytes
-            self.daemon.session.count("apt", nbytes)
+            self.sources.session.count("apt", nbytes)
         if cls in CACHEABLE and status in (200, 206, 304):
             if source in ("cache", "offline"):
                 self.hits += 1
@@ -202,11 +243,10 @@ class Status:
 
     def health(self) -> tuple[bool, str]:
         """Whether the daemon can serve, and if not, why (see the module docstring)."""
-        daemon = self.daemon
-        root = daemon.cache.root
+        root = os.fspath(self.sources.cache_root)
         if not os.access(root, os.W_OK | os.X_OK):
             return False, f"cache directory {root} is not writable"
-        if not daemon.cache.has_room(MIN_FREE):
+        if not self.sources.has_room(MIN_FREE):
             return False, f"cache disk full ({root})"
         mirrors = self._mirror_states()
         failing = [m for m in mirrors if m["failure"] is not None]
@@ -218,25 +258,28 @@ class Status:
     def _mirror_states(self) -> list[dict[str, Any]]:
         """Each mirror host the daemon knows (from Releases, or one it failed to reach),
         with its archive roots and suites, and its failure if the last contact failed."""
-        daemon = self.daemon
-        mirror = daemon.mirror
+        archive, mirror = self.sources.archive, self.sources.mirror
+        failures = mirror.failures if mirror is not None else {}
+        answered = mirror.answered if mirror is not None else {}
         hosts: dict[str, dict[tuple[str, str], set[str]]] = {}
         origins: dict[tuple[str, str, str], str] = {}
-        for (host, dist), release in list(daemon.archive.releases.items()):
+        releases = list(archive.releases.items()) if archive is not None else []
+        loaded_indexes = list(archive.loaded.values()) if archive is not None else []
+        for (host, dist), release in releases:
             suite = dist.rsplit("/dists/", 1)[-1].removeprefix("dists/")
             hosts.setdefault(host, {}).setdefault((release.root, suite), set())
             origins[(host, release.root, suite)] = release.origin
-        for loaded in list(daemon.archive.loaded.values()):
+        for loaded in loaded_indexes:
             dist = loaded.release.dist
             suite = dist.rsplit("/dists/", 1)[-1].removeprefix("dists/")
             key = (loaded.release.root, suite)
             hosts.setdefault(loaded.mirror, {}).setdefault(key, set()).add(loaded.component)
-        for host in mirror.failures:
+        for host in failures:
             hosts.setdefault(host, {})
         out = []
         for host in sorted(hosts):
-            failed = mirror.failures.get(host)
-            if failed is not None and failed[0] <= mirror.answered.get(host, 0.0):
+            failed = failures.get(host)
+            if failed is not None and failed[0] <= answered.get(host, 0.0):
                 failed = None
             suites = hosts[host]
             out.append(
@@ -261,10 +304,10 @@ class Status:
 
     def snapshot(self) -> dict[str, Any]:
         """The whole status as plain JSON-able data (see the module docstring)."""
-        daemon = self.daemon
-        session = daemon.session
+        sources = self.sources
+        session = sources.session
         counters = session.counters
-        all_time = daemon.state.totals(counters)
+        all_time = Counter(sources.all_time(counters))
         cache_bytes, cache_files, counted_at = self.cache_usage.current()
         healthy, reason = self.health()
         settings = session.settings
@@ -272,16 +315,16 @@ class Status:
             "health": {"ok": healthy, "reason": reason},
             "mirrors": self._mirror_states(),
             "discovery": {"trackers": len(settings.trackers), "peers": len(settings.peers)},
-            "rates": session.limits.snapshot(time.monotonic()),
+            "rates": session.rate_limits.snapshot(time.monotonic()),
             "cache_hits": self.hits,
             "cache_misses": self.misses,
             "version": __version__,
-            "uptime": round(time.monotonic() - daemon.started, 3),
+            "uptime": round(time.monotonic() - sources.started, 3),
             "started": round(self.started_at, 3),
             "peer_id": session.peer_id.decode("latin-1"),
             "peer_port": session.listen_port,
             "connections": len(session.connections),
-            "indexes_loading": daemon.archive.loading,
+            "indexes_loading": sources.indexes_loading(),
             "totals": {
                 "bytes_to_apt": counters["apt"],
                 "bytes_from_peers": counters["peers"],
@@ -314,45 +357,31 @@ class Status:
                 }
                 for (cls, status), count in sorted(self.requests.items())
             ],
-            "swarms": [_swarm(swarm) for swarm in list(session.swarms.values())],
+            "swarms": [_swarm(swarm, session) for swarm in list(session.swarms.values())],
             "downloads": self._downloads(),
             "errors": self._errors(),
-            "suites": _suites(daemon.archive),
-            "tunnels": daemon.app.tunnels.snapshot(),
+            "suites": _suites(sources.archive) if sources.archive is not None else [],
+            "tunnels": sources.tunnels(),
         }
 
     def _downloads(self) -> list[dict[str, Any]]:
         """Files on their way: through swarms (apt waits on them) and straight from mirrors."""
         out: list[dict[str, Any]] = []
-        mono = time.monotonic()
-        for swarm in list(self.daemon.session.swarms.values()):
-            requests = getattr(swarm, "requests", None)
-            if not requests:
-                continue
-            layout = swarm.layout
-            for file_index, request in list(requests.items()):
-                pieces = layout.file_pieces(file_index)
-                done = sum(layout.piece_size(p) for p in pieces if p in swarm.have)
-                if file_index in getattr(swarm, "fetches", {}):
-                    source = "mirror"
-                elif file_index in getattr(swarm, "peer_fetching", {}):
-                    source = "peers (fetching from the mirror)"
-                else:
-                    source = "peers"
-                started = getattr(request, "started", None)
+        for swarm in list(self.sources.session.swarms.values()):
+            for item in swarm.downloads():
                 out.append(
                     {
                         "swarm": swarm.name,
-                        "mirror": swarm.loaded.mirror,
-                        "path": swarm.index.filenames[file_index],
-                        "size": layout.file_size(file_index),
-                        "done": done,
-                        "source": source,
-                        "waiting": round(mono - started, 1) if started is not None else None,
+                        "mirror": item.mirror,
+                        "path": item.path,
+                        "size": item.size,
+                        "done": item.done,
+                        "source": item.source,
+                        "waiting": item.waiting,
                     }
                 )
-        for download in list(self.daemon.fetcher.active.values()):
-            if getattr(download, "done", False):
+        for download in list(self.sources.mirror_downloads()):
+            if download.done:
                 continue
             out.append(
                 {
@@ -370,7 +399,7 @@ class Status:
     def _errors(self) -> list[dict[str, Any]]:
         """Newest first: session notes (bans) and logged warnings, merged by time."""
         merged = sorted(
-            [*self.daemon.session.events, *self.errors.entries], key=lambda e: e[0], reverse=True
+            [*self.sources.session.events, *self.errors.entries], key=lambda e: e[0], reverse=True
         )
         counts = self.errors.counts
         return [
@@ -402,7 +431,7 @@ class Status:
 
     def page_app(self, environ: dict, start_response) -> list[bytes]:
         """``/``: the HTML page, for people."""
-        host = environ.get("HTTP_HOST") or f"localhost:{self.daemon.config.port}"
+        host = environ.get("HTTP_HOST") or f"localhost:{self.sources.apt_port}"
         body = render(self.snapshot(), host=host, now=time.time()).encode("utf-8", "replace")
         return _answer(
             environ,
@@ -416,7 +445,7 @@ class Status:
         )
 
 
-def _suites(archive: Any) -> list[dict[str, Any]]:
+def _suites(archive: Archive) -> list[dict[str, Any]]:
     """The trust state of every Release the daemon knows (one per suite and mirror)."""
     out = []
     for (mirror, dist), release in sorted(archive.releases.items()):
@@ -442,21 +471,23 @@ def _suites(archive: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _swarm(swarm: Any) -> dict[str, Any]:
+def _swarm(swarm: Swarm, session: Session) -> dict[str, Any]:
     peers = [p for p in list(swarm.peers) if not p.closed]
-    loaded = getattr(swarm, "loaded", None)
+    info = swarm.info()
+    candidates = session.peer_lists.get(swarm.info_hash)
     return {
         "name": swarm.name,
         "info_hash": swarm.info_hash.hex(),
-        "mirror": loaded.mirror if loaded is not None else None,
-        "index_date": loaded.release.date if loaded is not None else None,
+        "mirror": info.mirror,
+        "index_date": info.index_date,
         "files": swarm.layout.num_files,
-        "files_enabled": len(getattr(swarm, "requests", ())),
-        "files_complete": getattr(swarm, "complete_files", 0),
+        "files_enabled": info.files_enabled,
+        "files_complete": info.files_complete,
         "seeding": swarm.seeding,
         "pieces": swarm.layout.num_pieces,
         "pieces_had": len(swarm.have),
         "peers": len(peers),
+        "candidates": len(candidates) if candidates is not None else 0,
         "down_rate": round(sum(p.down.rate for p in peers)),
         "up_rate": round(sum(p.up.rate for p in peers)),
         "downloaded": swarm.downloaded,
@@ -465,11 +496,12 @@ def _swarm(swarm: Any) -> dict[str, Any]:
     }
 
 
-def _peer(peer: Any) -> dict[str, Any]:
+def _peer(peer: PeerConnection) -> dict[str, Any]:
     ip, port = peer.address[0], peer.address[1]
     return {
         "address": f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}",
         "client": peer.client,
+        "source": peer.source,
         "outgoing": peer.outgoing,
         "seed": peer.seed,
         "pieces": len(peer.has),

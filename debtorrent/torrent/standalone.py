@@ -1,14 +1,18 @@
 """Seed or download one standard v1 ``.torrent`` with debtorrent's engine.
 
-A test-facing entry point: the wire protocol is proven against libtorrent by running
-the same session, peer and picker code on a plain torrent. It is not part of the apt
-proxy and has no config file::
+A test-facing entry point: the wire protocol is proven against libtorrent, aria2 and
+Transmission by running the same session, peer and picker code on a plain torrent. It
+is not part of the apt proxy and has no config file::
 
     python -m debtorrent.torrent.standalone --torrent FILE --dir DIR --bind 127.0.0.2 \\
-        [--port N] [--peer HOST:PORT]... [--tracker URL]... [--exit-when-complete]
+        [--port N] [--peer HOST:PORT]... [--tracker URL]... [--no-torrent-trackers] \\
+        [--no-web-seeds] [--exit-when-complete]
 
-It prints ``listening <port>`` once the peer port is open, ``complete`` when every
-piece is verified, and exits on SIGTERM (or at completion when asked to).
+As any client would, it announces to the torrent's own trackers (``announce`` and the
+BEP 12 ``announce-list`` tiers; each ``--tracker`` is one more tier) and downloads from
+its BEP 19 ``url-list`` web seeds too; ``--no-torrent-trackers`` and ``--no-web-seeds``
+leave them out. It prints ``listening <port>`` once the peer port is open, ``complete``
+when every piece is verified, and exits on SIGTERM (or at completion when asked to).
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from pathlib import Path  # noqa: E402
 import gevent  # noqa: E402
 
 from debtorrent.errors import DebtorrentError  # noqa: E402
+from debtorrent.mirror import Mirror  # noqa: E402
 from debtorrent.torrent.metainfo import load_torrent  # noqa: E402
 from debtorrent.torrent.session import Session, SessionSettings  # noqa: E402
 from debtorrent.torrent.swarm import TorrentSwarm  # noqa: E402
+from debtorrent.torrent.webseed import WebSeed  # noqa: E402
 
 
 def _peer(text: str) -> tuple[str, int]:
@@ -44,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--peer", action="append", type=_peer, default=[])
     parser.add_argument("--tracker", action="append", default=[])
+    parser.add_argument("--no-torrent-trackers", action="store_true")
+    parser.add_argument("--no-web-seeds", action="store_true")
     parser.add_argument("--exit-when-complete", action="store_true")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
@@ -58,11 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     settings = SessionSettings(
         peer_port=args.port, peer_bind=args.bind, peers=args.peer, trackers=args.tracker
     )
-    session = Session(settings)
+    tiers = [] if args.no_torrent_trackers else [list(tier) for tier in meta.trackers]
+    tiers += [[url] for url in args.tracker]
+    mirror = Mirror(settings.http_timeout, lambda host: True, args.bind or None)
+    session = Session(settings, mirror)
     session.start()
     print(f"listening {session.listen_port}", flush=True)
     swarm = TorrentSwarm(session, meta, Path(args.dir))
-    session.add_swarm(swarm)
+    session.add_swarm(swarm, trackers=tiers)
+    seeds = [] if args.no_web_seeds or swarm.have.complete else list(meta.web_seeds)
+    web_seeds = [WebSeed(swarm, url, mirror, session.mirror_health) for url in seeds]
+    for web_seed in web_seeds:
+        web_seed.start()
     done = gevent.event.Event()
     gevent.signal_handler(signal.SIGTERM, done.set)
     gevent.signal_handler(signal.SIGINT, done.set)
@@ -75,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
 
     gevent.spawn(report)
     done.wait()
+    for web_seed in web_seeds:
+        web_seed.stop()
     session.stop()
+    mirror.close()
     return 0
 
 
