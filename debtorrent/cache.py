@@ -14,13 +14,15 @@ import os
 import shutil
 import stat
 import tempfile
+import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
 from debtorrent import offload
 from debtorrent.errors import CacheError, DiskFullError
 
-__all__ = ["Cache", "TempFile", "cache_error"]
+__all__ = ["AttemptDates", "Cache", "TempFile", "cache_error"]
 
 log = logging.getLogger(__name__)
 
@@ -112,16 +114,57 @@ class TempFile:
             self.read_fd = -1
 
 
-class Cache:
-    """Paths and atomic writes under one cache directory."""
+class AttemptDates:
+    """Last-Modified dates for verified files, one per download attempt.
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    apt resumes a partial download with ``Range`` and an ``If-Range`` holding the date
+    it was given. A verified file is streamed to apt while it downloads, before its
+    SHA256 is checked, under the date of that attempt; the file is renamed into the
+    cache with that same date as its mtime, so a later (warm) answer carries it too and
+    apt's resume gets a 206. An attempt that fails leaves no file, and the next attempt
+    of the same path gets a later date, so a partial copy of bad bytes never matches
+    the good file's date: apt then gets a 200 and the whole file, never a join of two.
+
+    Dates are whole seconds (HTTP dates have no more), strictly increasing per path,
+    and later than the start of this process (a process that died mid-download gave
+    out dates no later than its end).
+    """
+
+    def __init__(self, max_paths: int = 65536) -> None:
+        self._floor = int(time.time()) + 1
+        self._last: OrderedDict[str, int] = OrderedDict()
+        self.max_paths = max_paths
+
+    def issue(self, key: str) -> float:
+        date = max(int(time.time()), self._floor, self._last.pop(key, 0) + 1)
+        self._last[key] = date
+        while len(self._last) > self.max_paths:
+            self._last.popitem(last=False)
+        return float(date)
+
+
+class Cache:
+    """Paths and atomic writes under one cache directory.
+
+    ``check`` (the daemon, and the commands that write) makes sure the directory can be
+    written now, with the reason when not, rather than failing on the first download.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, check: bool = True) -> None:
         self.root = Path(root)
         self._root = str(self.root)
+        self.dates = AttemptDates()
+        if not check:
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX, dir=self.root)
+            os.close(fd)
+            os.unlink(probe)
         except OSError as exc:
-            raise cache_error(str(self.root), exc) from None
+            raise CacheError(
+                f"cache directory {self.root} is not writable: {exc.strerror or exc}"
+            ) from None
 
     def path(self, mirror: str, path: str) -> Path:
         """Where the file apt knows as ``http://<mirror>/<path>`` is kept.

@@ -457,6 +457,41 @@ OPTIONS: tuple[Option, ...] = (
         _positive_float,
         metavar="SECS",
     ),
+    Option(
+        "access-log",
+        "path",
+        "",
+        "Append one line per apt request to this file (client, request, status, bytes, "
+        "source, milliseconds; reopened on SIGHUP); empty for none.",
+        _path,
+        metavar="FILE",
+    ),
+    Option(
+        "upload-rate",
+        "rate",
+        "0",
+        "Bytes/s (k and M suffixes allowed) sent to peers, all swarms together; 0 for no limit.",
+        _rate,
+        metavar="RATE",
+    ),
+    Option(
+        "download-rate",
+        "rate",
+        "0",
+        "Bytes/s (k and M suffixes allowed) received from peers, all swarms together; 0 "
+        "for no limit.",
+        _rate,
+        metavar="RATE",
+    ),
+    Option(
+        "mirror-rate",
+        "rate",
+        "0",
+        "Bytes/s (k and M suffixes allowed) fetched from mirrors, all downloads together; "
+        "0 for no limit.",
+        _rate,
+        metavar="RATE",
+    ),
 )
 
 _BY_NAME: dict[str, Option] = {opt.name: opt for opt in OPTIONS}
@@ -548,8 +583,15 @@ def _parse(opt: Option, raw: str | list[str], where: str) -> Any:
 
 
 def read_config_file(path: str) -> dict[str, str]:
-    """The raw ``key = value`` pairs of a config file, every key checked against the table."""
-    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    """The raw ``key = value`` pairs of a config file, every key checked against the table.
+
+    ``#`` and ``;`` start a comment at the beginning of a line, or after a space or tab
+    on a value's line (``cache-dir = /srv/dt ; big disk``): no value of the table
+    contains one after a blank, so an inline comment never ends up in a path.
+    """
+    parser = configparser.ConfigParser(
+        interpolation=None, strict=True, inline_comment_prefixes=("#", ";")
+    )
     try:
         with open(path, encoding="utf-8") as handle:
             parser.read_file(handle)

@@ -80,9 +80,10 @@ class Download:
         self.expected = expected
         self.keep = keep
         self.length: int | None = expected.size if expected else None
-        # Last-Modified sent to apt while streaming; None for verified files: a stream
-        # cut for bad bytes must not share a validator with the good file cached later,
-        # or apt's resume (Range + If-Range) would join bad bytes to good ones.
+        # Last-Modified sent to apt while streaming. For a verified file it is this
+        # attempt's own date (cache.AttemptDates), given to the cached file only if the
+        # attempt succeeds: apt can resume a cut stream of it (Range + If-Range: 206),
+        # and a stream cut for bad bytes never shares a date with the good file.
         self.last_modified: float | None = None
         self.mtime: float | None = None  # the mirror's date, given to the cached file
         self.received = 0
@@ -106,7 +107,7 @@ class Download:
         if self.error:
             raise self.error
         if not (self.started or self.done):
-            raise MirrorError(self.url, "no answer from the mirror in time")
+            raise MirrorError(self.url, "sent no answer in time")
 
     def wait_done(self, timeout: float) -> Path:
         """Block until the file is complete and in the cache; raise its error, or a
@@ -194,7 +195,13 @@ class Fetcher:
             self._transfer(download, finisher, cache_path)
         except DebtorrentError as exc:
             download.error = exc
-            log.warning("fetch %s/%s failed: %s", download.mirror, download.path, exc)
+            log.warning(
+                "fetch %s/%s failed: %s",
+                download.mirror,
+                download.path,
+                exc,
+                extra={"failure": exc},  # the status page lists it once
+            )
             if download._tmp is not None:
                 download._tmp.discard()
         except Exception as exc:  # a bug: never leave watchers hanging
@@ -211,7 +218,7 @@ class Fetcher:
         expected = download.expected
         if response.status == 206:  # never asked for a range: treat as broken
             response.release()
-            raise MirrorError(download.url, "unexpected partial answer")
+            raise MirrorError(download.url, "sent an unexpected partial answer")
         if expected and response.length is not None and response.length != expected.size:
             response.release()
             raise VerificationError(
@@ -219,7 +226,11 @@ class Fetcher:
             )
         download.length = expected.size if expected else response.length
         download.mtime = _parse_http_date(response.last_modified)
-        download.last_modified = None if expected else download.mtime
+        if expected:
+            key = str(self.cache.path(download.mirror, cache_path))
+            download.mtime = download.last_modified = self.cache.dates.issue(key)
+        else:
+            download.last_modified = download.mtime
         download._tmp = tmp = self.cache.create(download.mirror, cache_path)
         download.started = True
         download._notify()

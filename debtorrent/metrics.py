@@ -113,6 +113,35 @@ class StatusCollector:
             "When the daemon started, in seconds since the Unix epoch.",
             value=snap["started"],
         )
+        yield CounterMetricFamily(
+            "debtorrent_cache_hits",
+            "Answers for never-changing files served from the cache.",
+            value=snap["cache_hits"],
+        )
+        yield CounterMetricFamily(
+            "debtorrent_cache_misses",
+            "Answers for never-changing files that had to be fetched.",
+            value=snap["cache_misses"],
+        )
+        yield GaugeMetricFamily(
+            "debtorrent_healthy", "1 while /health answers 200.", value=int(snap["health"]["ok"])
+        )
+        rate = GaugeMetricFamily(
+            "debtorrent_rate_bytes_per_second",
+            "Bytes per second now: to peers, from peers, from mirrors.",
+            labels=["direction"],
+        )
+        limit = GaugeMetricFamily(
+            "debtorrent_rate_limit_bytes_per_second",
+            "The configured rate limits (only those set).",
+            labels=["direction"],
+        )
+        for direction, figures in sorted(snap["rates"].items()):
+            rate.add_metric([direction], figures["rate"])
+            if figures["limit"] is not None:
+                limit.add_metric([direction], figures["limit"])
+        yield rate
+        yield limit
         info = GaugeMetricFamily(
             "debtorrent_build_info", "The daemon's version.", labels=["version"]
         )

@@ -21,7 +21,9 @@ prints it.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from socket import gaierror
@@ -44,6 +46,7 @@ from urllib3.util import connection as urllib3_connection
 
 from debtorrent import __version__
 from debtorrent.errors import ConfigError, MirrorError, MirrorNotFoundError, MirrorTimeoutError
+from debtorrent.ratelimit import TokenBucket
 from debtorrent.reach import Reach
 
 __all__ = ["Mirror", "Response", "tls_context"]
@@ -76,6 +79,7 @@ class Response:
     start: int
     last_modified: str | None
     _raw: urllib3.BaseHTTPResponse
+    bucket: TokenBucket | None = None  # --mirror-rate, shared by every download
 
     def chunks(self) -> Iterator[bytes]:
         """The body, chunk by chunk; a short or broken body raises :class:`MirrorError`."""
@@ -84,16 +88,26 @@ class Response:
         try:
             for chunk in self._raw.stream(CHUNK, decode_content=False):
                 received += len(chunk)
+                if self.bucket is not None:  # paced before it is handed on, last one too
+                    pause = self.bucket.take(len(chunk), time.monotonic())
+                    if pause:
+                        time.sleep(pause)  # cooperative: the daemon patched time
                 yield chunk
             complete = self.length is None or received == self.length
         except ReadTimeoutError:
-            raise MirrorTimeoutError(self.url, "timed out while reading the body") from None
+            raise MirrorTimeoutError(self.url, "timed out while sending the body") from None
         except (ProtocolError, Urllib3Error, OSError) as exc:
-            raise MirrorError(self.url, f"body broken after {received} bytes: {exc}") from None
+            if self.length is not None and "IncompleteRead" in str(exc):
+                cut = f"cut the body at {received} of {self.length} bytes"
+                raise MirrorError(self.url, cut) from None
+            detail = getattr(exc, "strerror", None) or type(exc).__name__
+            raise MirrorError(
+                self.url, f"broke the connection after {received} bytes ({detail})"
+            ) from None
         finally:
             self.release(reuse=complete)
         if not complete:
-            raise MirrorError(self.url, f"body truncated at {received} of {self.length} bytes")
+            raise MirrorError(self.url, f"cut the body at {received} of {self.length} bytes")
 
     def release(self, reuse: bool = False) -> None:
         """Give the connection back, or close it when the body was not read to the end.
@@ -130,6 +144,7 @@ class Mirror:
         timeout: float,
         host_allowed: Callable[[str], bool],
         source_address: str | None = None,
+        bucket: TokenBucket | None = None,
         *,
         reach: Reach | None = None,
         tls_mirror: Callable[[str], bool] | None = None,
@@ -137,6 +152,11 @@ class Mirror:
     ) -> None:
         self.timeout = timeout
         self.host_allowed = host_allowed
+        self.bucket = bucket
+        # per mirror host: (time.time(), reason) of the last failure to connect or
+        # answer, and the time of the last answer; /health and the status page read them
+        self.failures: dict[str, tuple[float, str]] = {}
+        self.answered: dict[str, float] = {}
         self.reach = reach
         self.tls_mirror = tls_mirror or (lambda netloc: netloc.endswith(":443"))
         kwargs = {"source_address": (source_address, 0)} if source_address else {}
@@ -184,8 +204,9 @@ class Mirror:
         raise MirrorError(url, f"more than {MAX_REDIRECTS} redirects")
 
     def _request(self, url: str, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
+        host = urllib3.util.parse_url(url).netloc or url
         try:
-            return self.pool.request(
+            raw = self.pool.request(
                 "GET",
                 url,
                 headers=headers,
@@ -194,13 +215,19 @@ class Mirror:
                 pool_timeout=self.timeout,
             )
         except EmptyPoolError:
+            # ours, not the mirror's: not recorded as a failure of the mirror
             raise MirrorTimeoutError(
-                url, f"no free connection to the mirror in {self.timeout:g} s"
+                url, f"had no free connection for {self.timeout:g} s"
             ) from None
         except MaxRetryError as exc:
-            raise _mirror_error(url, exc.reason) from None
+            error = _mirror_error(url, exc.reason, self.timeout)
         except (Urllib3Error, OSError) as exc:
-            raise _mirror_error(url, exc) from None
+            error = _mirror_error(url, exc, self.timeout)
+        else:
+            self.answered[host] = time.time()
+            return raw
+        self.failures[host] = (time.time(), error.reason)
+        raise error
 
     def _redirect_target(self, url: str, location: str) -> str:
         if not location or any(c in location for c in "\r\n\0"):
@@ -222,10 +249,10 @@ class Mirror:
         status = raw.status
         if status in (404, 410):
             _discard(raw)
-            raise MirrorNotFoundError(url, f"not found ({status})")
+            raise MirrorNotFoundError(url, f"has no such file ({status})")
         if status not in (200, 206):
             _discard(raw)
-            raise MirrorError(url, f"mirror answered {status}")
+            raise MirrorError(url, f"answered {status} {raw.reason or ''}".strip())
         start = 0
         length_header = raw.headers.get("Content-Length")
         length = int(length_header) if length_header and length_header.isdigit() else None
@@ -236,7 +263,9 @@ class Mirror:
             except (IndexError, ValueError):
                 _discard(raw)
                 raise MirrorError(url, f"bad Content-Range {content_range!r}") from None
-        return Response(url, status, length, start, raw.headers.get("Last-Modified"), raw)
+        return Response(
+            url, status, length, start, raw.headers.get("Last-Modified"), raw, self.bucket
+        )
 
     def close(self) -> None:
         """Drop every pooled connection."""
@@ -258,22 +287,43 @@ def _discard(raw: urllib3.BaseHTTPResponse) -> None:
     raw.release_conn()
 
 
-def _mirror_error(url: str, reason: object) -> MirrorError:
+def _mirror_error(url: str, reason: object, timeout: float) -> MirrorError:
     """The error apt should see for a failed request: refused 502, timed out 504.
 
-    urllib3 2 makes NewConnectionError a subclass of ConnectTimeoutError, so a refused
-    connection must be recognised before any timeout check.
+    Each reason reads after the word "Mirror" (apt shows it in the status line: see
+    :mod:`debtorrent.apt.app`). urllib3 2 makes NewConnectionError a subclass of
+    ConnectTimeoutError, so a refused connection must be recognised before any timeout
+    check; a name that does not resolve is a NameResolutionError in urllib3 2 and a
+    NewConnectionError caused by ``socket.gaierror`` in Debian's urllib3 1.26.
     """
     if isinstance(reason, (Urllib3SSLError, ssl.SSLError, ssl.CertificateError)):
         short = _tls_reason(reason)
         return MirrorError(url, f"TLS failure: {short}", phrase=f"Bad Gateway (TLS: {short})")
     if NameResolutionError is not None and isinstance(reason, NameResolutionError):
-        return MirrorError(url, "host name does not resolve", "Bad Gateway (no such host)")
+        return MirrorError(url, "host name not found in DNS")
     if isinstance(reason, NewConnectionError):
-        return MirrorError(url, "connection refused or unreachable")
+        cause = _cause(reason)
+        if isinstance(cause, socket.gaierror):  # Debian's urllib3 1.26
+            return MirrorError(url, "host name not found in DNS")
+        if isinstance(cause, ConnectionRefusedError) or "refused" in str(reason).lower():
+            return MirrorError(url, "refused connection")
+        if isinstance(cause, (socket.timeout, TimeoutError)):
+            return MirrorTimeoutError(url, f"timed out after {timeout:g} s")
+        detail = getattr(cause, "strerror", None) or "no route"
+        return MirrorError(url, f"unreachable: {detail}")
     if isinstance(reason, (ReadTimeoutError, urllib3.exceptions.ConnectTimeoutError)):
-        return MirrorTimeoutError(url, "timed out")
+        return MirrorTimeoutError(url, f"timed out after {timeout:g} s")
     return MirrorError(url, f"request failed: {reason}")
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    """The OSError behind a urllib3 connection error (its cause or context chain)."""
+    seen = exc.__cause__ or exc.__context__
+    for _ in range(5):
+        if seen is None or (isinstance(seen, OSError) and not isinstance(seen, Urllib3Error)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _tls_reason(error: object) -> str:

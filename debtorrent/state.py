@@ -4,7 +4,9 @@ Complete files need no checkpoint (a file is in the cache only once verified, an
 swarms rescan the cache at start). What the cache cannot tell is history: the
 all-time byte counters the status page shows. They are written atomically (temporary
 file, fsync, rename) every minute and at shutdown; a file that does not parse or does
-not hold what it should is logged, set aside, and replaced, never trusted.
+not hold what it should is logged, set aside, and replaced, never trusted. Written by
+root into a directory another user owns (the service's), the file is given to that
+user, so the service can always read its own checkpoint.
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ class State:
         except FileNotFoundError:
             return
         except OSError as exc:
-            log.warning("cannot read %s: %s; counters start from zero", self.path, exc)
+            log.warning(
+                "cannot read %s: %s; counters start from zero, and the next checkpoint replaces it",
+                self.path,
+                exc.strerror or exc,
+            )
             return
         try:
             data = json.loads(raw)
@@ -81,9 +87,20 @@ class State:
                     json.dump(data, handle, sort_keys=True)
                     handle.flush()
                     offload.fsync(handle.fileno())  # a slow disk must not stall the hub
+                _give_to_directory_owner(tmp, self.path.parent)
                 os.replace(tmp, self.path)
             except BaseException:
                 os.unlink(tmp)
                 raise
         except OSError as exc:
             log.warning("cannot write %s: %s", self.path, exc)
+
+
+def _give_to_directory_owner(path: str, directory: Path) -> None:
+    """Run as root, leave the checkpoint to whoever owns the state directory (the
+    service user), so a run as root never makes a file the service cannot read."""
+    if os.geteuid() != 0:
+        return
+    owner = os.stat(directory)
+    if owner.st_uid != 0:
+        os.chown(path, owner.st_uid, owner.st_gid)

@@ -16,14 +16,22 @@ Two things are gathered here rather than asked of other layers:
   own loggers emit (mirror failures, cut transfers), kept by a :class:`RecentErrors`
   handler on the ``debtorrent`` logger. It keeps records, it writes nothing: output
   handlers are still configured only by the entry point. A record below the configured
-  ``--log-level`` never reaches it.
+  ``--log-level`` never reaches it. One failure is often logged by two layers (the
+  fetch that failed, the apt answer it failed); records carrying the same exception
+  (``extra={"failure": exc}``) are kept once, and a message repeated word for word is
+  one entry with a count.
 
 Everything else comes through :class:`StatusSources`, the small typed view the daemon
 builds for the status page (the session, the cache root, the apt port, the all-time
-totals, the mirror downloads in flight), and the swarms' own typed reports
-(:meth:`~debtorrent.torrent.swarm.Swarm.info`,
+totals, the mirror downloads in flight, the archive and the mirror), and the swarms'
+own typed reports (:meth:`~debtorrent.torrent.swarm.Swarm.info`,
 :meth:`~debtorrent.torrent.swarm.Swarm.downloads`): no attribute looked up by name,
 and the status page holds no reference to the daemon itself.
+
+``/health`` answers 200 while the daemon can serve, and 503 with the reason when it
+cannot: the cache directory cannot be written or its disk is full, or every mirror it
+used is failing (nothing new can come in). The apt proxy detection script installed by
+the Debian package sends apt straight to the mirrors when it gets anything but 200.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from debtorrent import __version__
 from debtorrent.archive.indexes import Archive
 from debtorrent.cache import TMP_PREFIX
 from debtorrent.fetch import Download
+from debtorrent.mirror import Mirror
 from debtorrent.statuspage import render
 from debtorrent.torrent.peer import PeerConnection
 from debtorrent.torrent.session import NOTE_LOGGER, Session
@@ -58,6 +67,10 @@ MAX_ERRORS = 50
 MAX_MESSAGE = 500
 #: Connected peers listed per swarm (the count is always exact).
 MAX_PEERS_LISTED = 200
+#: File classes whose answers count as cache hits or misses (files that never change).
+CACHEABLE = frozenset({"package", "immutable", "by-hash"})
+#: Free bytes under which the cache disk counts as full for /health.
+MIN_FREE = 16 << 20
 
 
 def _share(from_peers: int, from_mirror: int) -> float:
@@ -88,6 +101,10 @@ class StatusSources:
     archive: Archive | None = None
     #: counts of the CONNECT tunnels (``tunnels``)
     tunnels: Callable[[], Mapping[str, Any]] = dict
+    #: the upstream side, for each mirror's last failure (``mirrors``, ``/health``)
+    mirror: Mirror | None = None
+    #: whether that many bytes fit on the cache's disk (``/health``)
+    has_room: Callable[[int], bool] = lambda size: True
 
 
 class CacheUsage:
@@ -158,16 +175,31 @@ class RecentErrors(logging.Handler):
 
     def __init__(self, maxlen: int = MAX_ERRORS) -> None:
         super().__init__(logging.WARNING)
+        self.maxlen = maxlen
         self.entries: deque[tuple[float, str]] = deque(maxlen=maxlen)
+        self.counts: dict[str, int] = {}  # message -> times seen (entries hold it once)
+        self._failures: deque[BaseException] = deque(maxlen=maxlen)
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.name == NOTE_LOGGER:
             return
+        failure = getattr(record, "failure", None)
+        if failure is not None:
+            if any(seen is failure for seen in self._failures):
+                return  # the same failure, logged again by the layer above
+            self._failures.append(failure)
         try:
             text = record.getMessage()
         except Exception:  # a bad format string in a log call: keep the raw message
             text = str(record.msg)
-        self.entries.append((record.created, text[:MAX_MESSAGE]))
+        text = text[:MAX_MESSAGE]
+        if text in self.counts:
+            self.entries = deque((e for e in self.entries if e[1] != text), maxlen=self.maxlen)
+        self.entries.append((record.created, text))
+        self.counts[text] = self.counts.get(text, 0) + 1
+        if len(self.counts) > 4 * self.maxlen:
+            kept = {t for _, t in self.entries}
+            self.counts = {t: n for t, n in self.counts.items() if t in kept}
 
 
 class Status:
@@ -183,6 +215,8 @@ class Status:
         self.started_at = time.time()
         self.requests: Counter[tuple[str, int]] = Counter()
         self.request_bytes: Counter[tuple[str, int]] = Counter()
+        self.hits = 0
+        self.misses = 0
         self.cache_usage = CacheUsage(sources.cache_root)
         self.errors = RecentErrors()
         self._logger = logging.getLogger("debtorrent")
@@ -194,11 +228,77 @@ class Status:
     def close(self) -> None:
         self._logger.removeHandler(self.errors)
 
-    def on_request(self, cls: str, status: int, nbytes: int) -> None:
+    def on_request(self, cls: str, status: int, nbytes: int, source: str = "-") -> None:
         self.requests[(cls, status)] += 1
         if nbytes > 0:
             self.request_bytes[(cls, status)] += nbytes
             self.sources.session.count("apt", nbytes)
+        if cls in CACHEABLE and status in (200, 206, 304):
+            if source in ("cache", "offline"):
+                self.hits += 1
+            elif source in ("peer", "mirror"):
+                self.misses += 1
+
+    # --- health ------------------------------------------------------------------
+
+    def health(self) -> tuple[bool, str]:
+        """Whether the daemon can serve, and if not, why (see the module docstring)."""
+        root = os.fspath(self.sources.cache_root)
+        if not os.access(root, os.W_OK | os.X_OK):
+            return False, f"cache directory {root} is not writable"
+        if not self.sources.has_room(MIN_FREE):
+            return False, f"cache disk full ({root})"
+        mirrors = self._mirror_states()
+        failing = [m for m in mirrors if m["failure"] is not None]
+        if mirrors and len(failing) == len(mirrors):
+            worst = failing[0]
+            return False, f"mirror {worst['host']} failing: {worst['failure']}"
+        return True, "serving"
+
+    def _mirror_states(self) -> list[dict[str, Any]]:
+        """Each mirror host the daemon knows (from Releases, or one it failed to reach),
+        with its archive roots and suites, and its failure if the last contact failed."""
+        archive, mirror = self.sources.archive, self.sources.mirror
+        failures = mirror.failures if mirror is not None else {}
+        answered = mirror.answered if mirror is not None else {}
+        hosts: dict[str, dict[tuple[str, str], set[str]]] = {}
+        origins: dict[tuple[str, str, str], str] = {}
+        releases = list(archive.releases.items()) if archive is not None else []
+        loaded_indexes = list(archive.loaded.values()) if archive is not None else []
+        for (host, dist), release in releases:
+            suite = dist.rsplit("/dists/", 1)[-1].removeprefix("dists/")
+            hosts.setdefault(host, {}).setdefault((release.root, suite), set())
+            origins[(host, release.root, suite)] = release.origin
+        for loaded in loaded_indexes:
+            dist = loaded.release.dist
+            suite = dist.rsplit("/dists/", 1)[-1].removeprefix("dists/")
+            key = (loaded.release.root, suite)
+            hosts.setdefault(loaded.mirror, {}).setdefault(key, set()).add(loaded.component)
+        for host in failures:
+            hosts.setdefault(host, {})
+        out = []
+        for host in sorted(hosts):
+            failed = failures.get(host)
+            if failed is not None and failed[0] <= answered.get(host, 0.0):
+                failed = None
+            suites = hosts[host]
+            out.append(
+                {
+                    "host": host,
+                    "suites": [
+                        {
+                            "root": root,
+                            "suite": suite,
+                            "origin": origins.get((host, root, suite), ""),
+                            "components": sorted(comps) or ["main"],
+                        }
+                        for (root, suite), comps in sorted(suites.items())
+                    ],
+                    "failure": failed[1] if failed else None,
+                    "failed_at": round(failed[0], 3) if failed else None,
+                }
+            )
+        return out
 
     # --- the snapshot ------------------------------------------------------------
 
@@ -209,7 +309,15 @@ class Status:
         counters = session.counters
         all_time = Counter(sources.all_time(counters))
         cache_bytes, cache_files, counted_at = self.cache_usage.current()
+        healthy, reason = self.health()
+        settings = session.settings
         return {
+            "health": {"ok": healthy, "reason": reason},
+            "mirrors": self._mirror_states(),
+            "discovery": {"trackers": len(settings.trackers), "peers": len(settings.peers)},
+            "rates": session.rate_limits.snapshot(time.monotonic()),
+            "cache_hits": self.hits,
+            "cache_misses": self.misses,
             "version": __version__,
             "uptime": round(time.monotonic() - sources.started, 3),
             "started": round(self.started_at, 3),
@@ -293,7 +401,11 @@ class Status:
         merged = sorted(
             [*self.sources.session.events, *self.errors.entries], key=lambda e: e[0], reverse=True
         )
-        return [{"time": round(t, 3), "message": text} for t, text in merged[:MAX_ERRORS]]
+        counts = self.errors.counts
+        return [
+            {"time": round(t, 3), "message": text, "count": counts.get(text, 1)}
+            for t, text in merged[:MAX_ERRORS]
+        ]
 
     # --- the WSGI routes ---------------------------------------------------------------
 
@@ -301,6 +413,21 @@ class Status:
         """``/status.json``."""
         body = json.dumps(self.snapshot(), indent=1, sort_keys=True).encode()
         return _answer(environ, start_response, "application/json", body)
+
+    def health_app(self, environ: dict, start_response) -> list[bytes]:
+        """``/health``: 200 ``ok: serving``, or 503 with the reason (one line of text)."""
+        healthy, reason = self.health()
+        body = f"{'ok' if healthy else 'unhealthy'}: {reason}\n".encode("utf-8", "replace")
+        status = "200 OK" if healthy else "503 Service Unavailable"
+        start_response(
+            status,
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
     def page_app(self, environ: dict, start_response) -> list[bytes]:
         """``/``: the HTML page, for people."""

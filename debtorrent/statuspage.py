@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["REFRESH", "escape", "human_bytes", "render"]
+__all__ = ["REFRESH", "escape", "human_bytes", "render", "sources_lines"]
 
 #: Seconds between reloads of the page.
 REFRESH = 5
@@ -60,6 +60,10 @@ td.num, th.num { text-align: right; white-space: nowrap; font-variant-numeric: t
 .empty { color: var(--muted); font-style: italic; margin: .3rem 0; }
 .ok { color: var(--good); }
 .err td { color: var(--bad); }
+.alert { margin: 1rem 0 0; padding: .6rem 1rem; border-radius: 6px;
+  border: 1px solid var(--bad); color: var(--bad); background: var(--card); }
+.hint { margin: .6rem 0 0; padding: .5rem .8rem; border-left: 3px solid var(--accent);
+  background: var(--card); }
 progress { width: 9rem; vertical-align: middle; }
 details { background: var(--card); border: 1px solid var(--line); border-radius: 6px;
   margin: .4rem 0; padding: .3rem .6rem; }
@@ -209,8 +213,30 @@ def _headline(snap: Mapping[str, Any]) -> str:
         f'<div class="big" id="peer-share">{escape(big)}</div>'
         f"<p>{escape(line)}</p>"
         f"<p>All time: {escape(_percent(_get(all_time, 'peer_share')))} from peers.</p>"
-        f"{_cache(snap)}</section>"
+        f"{_sharing_hint(snap)}{_cache(snap)}</section>"
     )
+
+
+def _sharing_hint(snap: Mapping[str, Any]) -> str:
+    """Why the share may stay at 0: no way to find peers, or none found yet."""
+    discovery = _get(snap, "discovery", {})
+    ways = [v for v in (discovery.values() if isinstance(discovery, Mapping) else ()) if v]
+    if not ways:
+        text = (
+            "No peer discovery is configured (no tracker, no peer): every package comes "
+            "from the mirror. Set tracker (or peer) in the configuration on every machine "
+            "of the fleet, then restart."
+        )
+    elif (
+        _get(snap, "connections") == 0 and _get(_get(snap, "all_time", {}), "bytes_from_peers") == 0
+    ):
+        text = (
+            "No peer seen yet. Other machines must run debtorrent with the same tracker, "
+            f"and reach this one on TCP port {_text(_get(snap, 'peer_port'))}."
+        )
+    else:
+        return ""
+    return f'<p class="hint" id="sharing-hint">{escape(text)}</p>'
 
 
 _TOTAL_ROWS = (
@@ -243,20 +269,53 @@ def _totals(snap: Mapping[str, Any]) -> str:
         f"{_td(misbehaviour[0], 'num')}{_td(misbehaviour[1], 'num')}</tr>"
     )
     table = _table((("", False), ("Since start", True), ("All time", True)), rows, "totals")
-    return f'<section class="card" id="totals">{table}</section>'
+    return f'<section class="card" id="totals">{table}{_rates(snap)}</section>'
 
 
 def _cache(snap: Mapping[str, Any]) -> str:
     """The cache line of the headline card, with the exact figures in ``<data>``."""
     size, files, counted = (_get(snap, k) for k in ("cache_bytes", "cache_files", "cache_counted"))
+    hits, misses = _get(snap, "cache_hits"), _get(snap, "cache_misses")
+    ratio = ""
+    if _is_number(hits) and _is_number(misses) and hits + misses > 0:
+        ratio = f" ({_percent(hits / (hits + misses))})"
+    hit_line = (
+        f'<p class="muted" id="cache-hits">Packages answered from the cache: '
+        f'<data id="cache-hit-count" value="{escape(hits)}">{escape(_count(hits))}</data> '
+        f"{escape('hit' if hits == 1 else 'hits')}, "
+        f'<data id="cache-miss-count" value="{escape(misses)}">{escape(_count(misses))}</data>'
+        f" {escape('miss' if misses == 1 else 'misses')}{escape(ratio)}.</p>"
+    )
     if counted is None:
-        return '<p class="muted" id="cache">Cache: not counted yet.</p>'
+        return '<p class="muted" id="cache">Cache: not counted yet.</p>' + hit_line
     return (
         '<p class="muted" id="cache">Cache: '
         f'<data id="cache-bytes" value="{escape(size)}">{escape(human_bytes(size))}</data> in '
         f'<data id="cache-files" value="{escape(files)}">{escape(_plural(files, "file"))}</data>'
-        f", counted at {escape(_clock(counted))}.</p>"
+        f", counted at {escape(_clock(counted))}.</p>{hit_line}"
     )
+
+
+_RATE_ROWS = (
+    ("download", "Received from peers"),
+    ("upload", "Sent to peers"),
+    ("mirror", "Fetched from mirrors"),
+)
+
+
+def _rates(snap: Mapping[str, Any]) -> str:
+    rates = _get(snap, "rates", {})
+    rows = []
+    for key, label in _RATE_ROWS:
+        figures = _get(rates, key, {})
+        limit = _get(figures, "limit")
+        shown = human_bytes(limit) + "/s" if _is_number(limit) else "no limit"
+        rows.append(
+            f"<tr><th>{escape(label)}</th>"
+            f"{_td(human_bytes(_get(figures, 'rate')) + '/s', 'num', id=f'rate-{key}')}"
+            f"{_td(shown, 'num', id=f'limit-{key}')}</tr>"
+        )
+    return _table((("", False), ("Now", True), ("Limit", True)), rows, "rates")
 
 
 def _requests(snap: Mapping[str, Any]) -> str:
@@ -394,9 +453,13 @@ def _errors(snap: Mapping[str, Any], now: float) -> str:
     for err in _items(snap, "errors"):
         when = _get(err, "time")
         ago = f" ({_duration(now - when)} ago)" if _is_number(when) else ""
+        count = _get(err, "count", 1)
+        times = (
+            f" (\u00d7{_count(count)}, the last shown)" if _is_number(count) and count > 1 else ""
+        )
         rows.append(
             f'<tr class="err">{_td(_clock(when) + ago, "num")}'
-            f"{_td(_get(err, 'message'), 'mono')}</tr>"
+            f"{_td(_text(_get(err, 'message')) + times, 'mono')}</tr>"
         )
     if not rows:
         return '<p class="empty ok">No error since the start.</p>'
@@ -453,13 +516,61 @@ def _tunnels(snap: Mapping[str, Any]) -> str:
     )
 
 
-def _apt_lines(host: str) -> str:
-    sources = f"deb http://{host}/deb.example.org/debian bookworm main"
+def sources_lines(snap: Mapping[str, Any], host: str) -> list[str]:
+    """Path-form ``deb`` lines for every mirror, archive and suite the daemon has seen,
+    through ``host``; plus a security line to fill in when a Debian release is used
+    without its security suite (the security archive has a host of its own)."""
+    lines: list[str] = []
+    seen: set[str] = set()
+    debian: set[str] = set()
+    for mirror in _items(snap, "mirrors"):
+        name = _text(_get(mirror, "host"))
+        for entry in _items(mirror, "suites"):
+            root, suite = _text(_get(entry, "root")), _text(_get(entry, "suite"))
+            comps = " ".join(_text(c) for c in _items(entry, "components")) or "main"
+            base = f"{name}/{root}" if root else name
+            lines.append(f"deb http://{host}/{base} {suite} {comps}")
+            seen.add(suite)
+            if _get(entry, "origin") == "Debian" and suite.isalpha():
+                debian.add(suite)
+    if not any(s.endswith(("-security", "/updates")) for s in seen):
+        for codename in sorted(debian):
+            lines.append(
+                f"# security updates: put the host of your security archive for SECURITY-HOST\n"
+                f"deb http://{host}/SECURITY-HOST/debian-security {codename}-security main"
+            )
+    return lines
+
+
+def _apt_lines(snap: Mapping[str, Any], host: str) -> str:
     proxy = f'Acquire::http::Proxy "http://{host}/";'
+    lines = sources_lines(snap, host)
+    if lines:
+        sources = (
+            "<p>Path form: these lines, in place of the direct ones, send every source this "
+            f"daemon has seen through it ({escape(_plural(len(lines), 'line'))}):</p>"
+            f'<pre id="sources-lines">{escape(chr(10).join(lines))}</pre>'
+        )
+    else:
+        sources = (
+            "<p>Path form: put the mirror's host and path after the daemon's address in each "
+            "source line (no mirror seen yet, so no line to copy):</p>"
+            f"<pre>{escape(f'deb http://{host}/MIRROR-HOST/debian SUITE main')}</pre>"
+        )
     return (
-        "<p>Either rewrite the sources (path form, one line per mirror), "
-        "or use the daemon as apt's HTTP proxy:</p>"
-        f"<pre>{escape(sources)}\n{escape(proxy)}</pre>"
+        f"{sources}<p>Or proxy form: keep the sources and make the daemon apt's HTTP proxy "
+        "(the Debian package does this by itself, with a proxy detection script):</p>"
+        f"<pre>{escape(proxy)}</pre>"
+    )
+
+
+def _alert(snap: Mapping[str, Any]) -> str:
+    health = _get(snap, "health", {})
+    if _get(health, "ok") is not False:
+        return ""
+    return (
+        f'<p class="alert" id="health">Not serving: {escape(_get(health, "reason"))}. '
+        "apt machines with the proxy detection script go straight to the mirrors.</p>"
     )
 
 
@@ -473,6 +584,7 @@ def render(snap: Mapping[str, Any], *, host: str, now: float) -> str:
         f"{_plural(_get(snap, 'connections'), 'peer connection')}"
     )
     sections = [
+        _alert(snap),
         '<div class="cards">',
         _headline(snap),
         _totals(snap),
@@ -492,7 +604,7 @@ def render(snap: Mapping[str, Any], *, host: str, now: float) -> str:
         '<h2 id="tunnels">https tunnels (CONNECT)</h2>',
         _tunnels(snap),
         '<h2 id="apt">Pointing apt at this daemon</h2>',
-        _apt_lines(host),
+        _apt_lines(snap, host),
     ]
     return (
         "<!DOCTYPE html>\n"
@@ -505,7 +617,8 @@ def render(snap: Mapping[str, Any], *, host: str, now: float) -> str:
         f"{''.join(sections)}"
         "<footer>This page reloads every "
         f"{REFRESH} s. The same figures, for programs: "
-        '<a href="/status.json">/status.json</a> and '
-        '<a href="/metrics">/metrics</a> (Prometheus).</footer>'
+        '<a href="/status.json">/status.json</a>, '
+        '<a href="/metrics">/metrics</a> (Prometheus) and '
+        '<a href="/health">/health</a>.</footer>'
         "</body></html>\n"
     )

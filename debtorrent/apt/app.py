@@ -3,13 +3,26 @@
 Everything below this module speaks in targets, files and downloads; this is the one
 place that knows HTTP statuses. Expected failures arrive as
 :class:`~debtorrent.errors.DebtorrentError` subclasses carrying a ``status``; they
-become short plain-text answers, never a traceback. Nothing taken from the request is
-ever written into a response header. An error's ``phrase`` (a fixed text chosen by the
-code, such as ``Forbidden (not a file of a Debian archive)``) becomes the HTTP reason
-phrase, because that is what apt prints beside the status.
+become short plain-text answers, never a traceback.
+
+apt shows only the status line of a failed answer (``Err:3 http://… 502 …``), never
+the body, so the reason phrase carries the cause (see :func:`reason_phrase`): an
+error's own ``phrase`` when the code that raised it chose one (``Forbidden (not a file
+of a Debian archive)``), else one made from the error: ``502 Mirror refused connection
+(deb.example.org:80)``, ``504 Mirror timed out after 30 s (deb.example.org)``, ``403
+Client 192.0.2.7 not allowed``. The phrase is printable ASCII and short; the only part
+of it that comes from the request is the mirror host, which
+:func:`~debtorrent.apt.urls.parse_target` has already checked to be a host name.
+Nothing else taken from the request is written into a response header.
 
 ``CONNECT`` (an https source through ``Acquire::http::Proxy``) goes to
 :mod:`debtorrent.apt.tunnel`; everything else but GET and HEAD is a 405.
+
+Resuming: a verified file is answered with a strong ``ETag`` (its index SHA256) when
+it comes whole from the cache, and always with the ``Last-Modified`` date of the
+attempt that fetched it (see :class:`~debtorrent.cache.AttemptDates`), so apt's
+``Range`` + ``If-Range`` after a cut transfer gets a 206 from the cached file, and a
+date or tag that does not match gets the whole file (200).
 """
 
 from __future__ import annotations
@@ -33,8 +46,19 @@ from debtorrent.apt.serve import (
 from debtorrent.apt.tunnel import Tunnels
 from debtorrent.apt.urls import FileClass, classify, parse_target
 from debtorrent.config import Config
-from debtorrent.errors import DebtorrentError, ForbiddenError
+from debtorrent.errors import (
+    BadRequestError,
+    CacheError,
+    DebtorrentError,
+    DiskFullError,
+    ForbiddenError,
+    MirrorError,
+    MirrorNotFoundError,
+    NotFoundError,
+    VerificationError,
+)
 from debtorrent.fetch import Transfer
+from debtorrent.ratelimit import LogLimiter
 
 __all__ = ["AptApp"]
 
@@ -60,17 +84,60 @@ _REASONS = {
 }
 READ_CHUNK = 262144
 ATIME_STEP = 1.0  # a served file's access time is kept this fresh (relatime is not)
+MAX_PHRASE = 120  # characters of a reason phrase
 
 
 def _status(code: int, phrase: str | None = None) -> str:
-    return f"{code} {_phrase(phrase) or _REASONS.get(code, 'Error')}"
+    return f"{code} {_phrase(phrase or '') or _REASONS.get(code, 'Error')}"
 
 
-def _phrase(text: str | None) -> str:
-    """A reason phrase safe on a status line: printable ASCII, bounded."""
-    if not text:
-        return ""
-    return "".join(c if c.isascii() and c.isprintable() else " " for c in text)[:150].strip()
+#: Phrases that only repeat the status: a more precise one is made from the error.
+_GENERIC = frozenset({"Forbidden", "Service Unavailable", "Bad Gateway", "Not Found"})
+
+
+def reason_phrase(exc: DebtorrentError, code: int) -> str:
+    """The status line's reason phrase for a failure: the cause, as apt will print it."""
+    chosen = getattr(exc, "phrase", None)
+    if chosen and chosen not in _GENERIC:
+        return _phrase(chosen)
+    if isinstance(exc, MirrorError) and not isinstance(exc, MirrorNotFoundError):
+        host = _host_of(exc.url)
+        text = f"Mirror {exc.reason} ({host})" if host else _capital(exc.reason)
+    elif isinstance(exc, MirrorNotFoundError):
+        host = _host_of(exc.url)
+        text = f"Not Found on the mirror ({host})" if host else "Not Found"
+    elif isinstance(exc, VerificationError):
+        text = f"Verification failed: {exc.reason}"
+    elif isinstance(exc, DiskFullError):
+        text = "Cache disk full"
+    elif isinstance(exc, CacheError):
+        text = "Cache error: " + str(exc)
+    elif isinstance(exc, ForbiddenError | NotFoundError):
+        text = _capital(str(exc))
+    elif isinstance(exc, BadRequestError):
+        text = "Bad Request: " + str(exc)
+    else:
+        text = chosen or _REASONS.get(code, "Error")
+    if not (
+        text[:1].isascii() and text[:1].isalpha()
+    ):  # a phrase reads as words: "Forbidden: 0", not "0"
+        text = f"{_REASONS.get(code, 'Error')}: {text}"
+    return _phrase(text)
+
+
+def _host_of(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return rest.split("/", 1)[0] if sep and scheme in ("http", "https") else ""
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _phrase(text: str) -> str:
+    """Printable ASCII on one line, at most :data:`MAX_PHRASE` characters."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in " ".join(text.split()))
+    return clean if len(clean) <= MAX_PHRASE else clean[: MAX_PHRASE - 3] + "..."
 
 
 def _content_type(path: str) -> str:
@@ -92,9 +159,12 @@ class AptApp:
         self.routes: dict[str, Route] = dict(routes or {})
         self.read_timeout = max(config.http_timeout * 2, 10.0)
         self.tunnels = Tunnels(config)
-        # Told of each proxied answer as it starts: (file class, status, body bytes);
-        # the status page counts requests and bytes sent to apt with it.
-        self.on_request: Callable[[str, int, int], None] | None = None
+        # Told of each proxied answer as it starts: (file class, status, body bytes,
+        # source: cache, offline, peer, mirror); the status page counts with it.
+        self.on_request: Callable[[str, int, int, str], None] | None = None
+        # POST paths (``/rescan``): like ``routes``, for the commands' requests
+        self.post_routes: dict[str, Route] = {}
+        self._refusals = LogLimiter()
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         if self.on_request is not None:
@@ -110,8 +180,9 @@ class AptApp:
                 _loggable(environ.get("debtorrent.raw_target", "")),
                 code,
                 exc,
+                extra={"failure": exc},
             )
-            return self._error(start_response, code, str(exc), getattr(exc, "phrase", None))
+            return self._error(start_response, code, reason_phrase(exc, code), str(exc))
 
     def prefetch(self, client: str, raw: str) -> None:
         """Start the download of a pipelined request that will be answered later.
@@ -129,14 +200,21 @@ class AptApp:
             self.proxy.prefetch(target)
 
     def _handle(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
-        if not self.config.client_allowed(environ.get("REMOTE_ADDR", "")):
-            raise ForbiddenError("client address not allowed")
+        client = environ.get("REMOTE_ADDR", "")
+        if not self.config.client_allowed(client):
+            raise ForbiddenError(f"client {client} not allowed")
         method = environ.get("REQUEST_METHOD", "")
         raw = environ.get("debtorrent.raw_target") or environ.get("PATH_INFO", "/")
+        if method == "POST" and raw in self.post_routes:
+            return self.post_routes[raw](environ, start_response)
         if method == "CONNECT":
-            return self.tunnels.open(raw, environ.get("REMOTE_ADDR", "-"))
+            return self.tunnels.open(raw, client or "-")
         if method not in ("GET", "HEAD"):
-            start_response(_status(405), [("Allow", "GET, HEAD, CONNECT"), ("Content-Length", "0")])
+            self._log_refusal(client, f"method {_loggable(method)[:20]} refused (405)")
+            start_response(
+                _status(405, f"Method {_phrase(method)[:20]} not allowed: GET, HEAD or CONNECT"),
+                [("Allow", "GET, HEAD, CONNECT"), ("Content-Length", "0")],
+            )
             return []
         route = self.routes.get(raw.split("?", 1)[0])
         if route is not None:
@@ -154,17 +232,31 @@ class AptApp:
                 "Forbidden (not a file of a Debian archive)",
             )
         self.config.reach.check_literal(target.mirror, target.url)
-        result = self.proxy.resolve(target, "HTTP_IF_MODIFIED_SINCE" in environ)
+        conditional = "HTTP_IF_MODIFIED_SINCE" in environ
+        result = self.proxy.resolve(target, conditional)
         if isinstance(result, Cached):
-            return self._send_cached(environ, start_response, result)
+            try:
+                return self._send_cached(environ, start_response, result)
+            except FileNotFoundError:  # removed between the lookup and the open
+                log.info("%s: cached file vanished; resolving again", target)
+                result = self.proxy.resolve(target, conditional)
+                if isinstance(result, Cached):
+                    return self._send_cached(environ, start_response, result)
         return self._stream(environ, start_response, result)
+
+    def _log_refusal(self, client: str, what: str) -> None:
+        """A refused request, logged at most once a minute per client."""
+        held = self._refusals.allow(client, time.monotonic())
+        if held is not None:
+            more = f" ({held} more since the last line)" if held else ""
+            log.warning("%s: %s%s", client, what, more)
 
     # --- answers ------------------------------------------------------------------
 
     def _error(
-        self, start_response: StartResponse, code: int, reason: str, phrase: str | None = None
+        self, start_response: StartResponse, code: int, phrase: str, detail: str
     ) -> list[bytes]:
-        body = f"{code} {_REASONS.get(code, 'Error')}: {_loggable(reason)}\n".encode()
+        body = f"{code} {phrase}: {_loggable(detail)}\n".encode()
         start_response(
             _status(code, phrase),
             [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
@@ -175,6 +267,7 @@ class AptApp:
         self, environ: dict, start_response: StartResponse, cached: Cached
     ) -> Iterable[bytes]:
         fd = os.open(cached.path, os.O_RDONLY)
+        environ["debtorrent.answer"] = cached
         try:
             stat = os.fstat(fd)
             size, mtime = stat.st_size, int(stat.st_mtime)
@@ -185,14 +278,23 @@ class AptApp:
                 ("Last-Modified", http_date(mtime)),
                 ("Accept-Ranges", "bytes"),
             ]
+            etag = f'"{cached.sha256}"' if cached.sha256 else None
+            if etag is not None:
+                headers.append(("ETag", etag))
             since = parse_http_date(environ.get("HTTP_IF_MODIFIED_SINCE"))
-            if since is not None and mtime <= since and "HTTP_RANGE" not in environ:
+            none_match = environ.get("HTTP_IF_NONE_MATCH")
+            fresh = (
+                _etag_matches(none_match, etag)
+                if none_match is not None
+                else since is not None and mtime <= since
+            )
+            if fresh and "HTTP_RANGE" not in environ:
                 os.close(fd)
                 start_response(_status(304), headers)
                 return []
             span = None
             if_range = environ.get("HTTP_IF_RANGE")
-            if if_range is None or if_range.strip() == http_date(mtime):
+            if if_range is None or _if_range_matches(if_range, etag, http_date(mtime)):
                 try:
                     span = parse_range(environ.get("HTTP_RANGE"), size)
                 except RangeNotSatisfiable:
@@ -218,6 +320,7 @@ class AptApp:
     def _stream(
         self, environ: dict, start_response: StartResponse, download: Transfer
     ) -> Iterable[bytes]:
+        environ["debtorrent.answer"] = download
         headers = [("Content-Type", _content_type(download.path))]
         if download.length is not None:
             headers.append(("Content-Length", str(download.length)))
@@ -244,12 +347,19 @@ class AptApp:
                 offset += len(data)
                 yield data
         except DebtorrentError as exc:
-            log.warning("cutting transfer of %s/%s: %s", download.mirror, download.path, exc)
+            log.warning(
+                "cutting transfer of %s/%s: %s",
+                download.mirror,
+                download.path,
+                exc,
+                extra={"failure": exc},
+            )
             if offset == 0:
                 code = getattr(exc, "status", 502)
-                body = f"{code} {_REASONS.get(code, 'Error')}: {_loggable(str(exc))}\n".encode()
+                phrase = reason_phrase(exc, code)
+                body = f"{code} {phrase}: {_loggable(str(exc))}\n".encode()
                 start_response(
-                    _status(code, getattr(exc, "phrase", None)),
+                    _status(code, phrase),
                     [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))],
                     sys.exc_info(),
                 )
@@ -258,8 +368,20 @@ class AptApp:
             raise ConnectionAbortedError(errno.ECONNABORTED, "transfer cut") from None
 
 
+def answer_source(environ: dict) -> str:
+    """Where the answer to a request came from: ``cache`` (or ``offline``: the saved
+    copy, the mirror failing), ``peer`` (through a swarm), ``mirror``, or ``-`` (no file:
+    a refusal, an error, a status path). A swarm download the mirror joined is
+    ``mirror``."""
+    answer = environ.get("debtorrent.answer")
+    if answer is None:
+        return "-"
+    source = getattr(answer, "source", "mirror")
+    return "cache" if source == "swarm" else source
+
+
 def _counting(
-    hook: Callable[[str, int, int], None], environ: dict, start_response: StartResponse
+    hook: Callable[[str, int, int, str], None], environ: dict, start_response: StartResponse
 ) -> StartResponse:
     """``start_response`` that first tells ``hook`` of an answer to a parsed target.
 
@@ -273,10 +395,26 @@ def _counting(
             size = 0
             if environ.get("REQUEST_METHOD") != "HEAD":
                 size = next((int(v) for k, v in headers if k == "Content-Length"), 0)
-            hook(cls, int(status[:3]), size)
+            hook(cls, int(status[:3]), size, answer_source(environ))
         return start_response(status, headers, exc_info)
 
     return counted
+
+
+def _etag_matches(header: str, etag: str | None) -> bool:
+    """If-None-Match: ``*`` or a list holding our tag (weak comparison, RFC 9110)."""
+    if etag is None:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+def _if_range_matches(header: str, etag: str | None, date: str) -> bool:
+    """If-Range: a strong tag equal to ours, or exactly our Last-Modified date."""
+    value = header.strip()
+    if value.startswith(('"', "W/")):
+        return etag is not None and value == etag  # weak tags never match (RFC 9110)
+    return value == date
 
 
 def _loggable(text: str) -> str:

@@ -52,10 +52,15 @@ _PREFETCHED = frozenset({FileClass.PACKAGE, FileClass.IMMUTABLE, FileClass.BY_HA
 
 @dataclass(frozen=True)
 class Cached:
-    """A complete file in the cache; ``source`` says how it got there for this request."""
+    """A complete file in the cache; ``source`` says how it got there for this request.
+
+    ``sha256`` (hex) is set for a file verified against the signed index chain: the
+    apt side sends it as a strong ETag.
+    """
 
     path: Path | str
     source: str = "cache"
+    sha256: str | None = None
 
 
 # A hook the swarm layer installs: given a package request matched to an index entry,
@@ -157,14 +162,19 @@ class Proxy:
             cached = self.cache.get(target.mirror, target.path)
             if cached is None:
                 raise
-            log.warning("%s: fetch failed (%s); serving the offline copy", target, exc)
+            log.warning(
+                "%s: fetch failed (%s); serving the offline copy",
+                target,
+                exc,
+                extra={"failure": exc},  # one failure, one line on the status page
+            )
             return Cached(cached, "offline")
         return download
 
     def _immutable(self, target: Target, expected: Expected | None) -> Cached | Download:
         cached = self.cache.find(target.mirror, target.path)
         if cached is not None and (expected is None or _size(cached) == expected.size):
-            return Cached(cached)
+            return Cached(cached, sha256=expected.sha256 if expected else None)
         download = self.fetcher.fetch(
             target.mirror, target.path, target.url, expected=expected, keep=True
         )
@@ -202,11 +212,13 @@ class Proxy:
         entry = match.entry
         cached = self.cache.find(target.mirror, target.path)
         if cached is not None and _size(cached) == entry.size:
-            return Cached(cached)
+            return Cached(cached, sha256=entry.sha256.hex())
+        if cached is not None:  # truncated or changed behind our back: fetched again
+            log.warning("%s: cached copy has the wrong size; fetching it again", target)
         if self.package_source is not None:
             result = self.package_source(match)
             if isinstance(result, Path):
-                return Cached(result, "swarm")
+                return Cached(result, "swarm", entry.sha256.hex())
             if result is not None:
                 return result
         expected = Expected(entry.size, entry.sha256.hex())

@@ -260,7 +260,7 @@ class AptServer(WSGIServer):
     def handle(self, sock, address) -> None:
         if isinstance(address, tuple) and not self.client_allowed(str(address[0])):
             try:
-                sock.sendall(_response(403, "Forbidden"))
+                sock.sendall(_response(403, f"Client {address[0]} not allowed"))
             except OSError:
                 pass
             sock.close()

@@ -12,12 +12,13 @@ verified in the cache. An index whose Release did not verify
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import gevent
 
 from debtorrent.archive.indexes import Archive, LoadedIndex, PackageMatch
-from debtorrent.cache import Cache
+from debtorrent.cache import TMP_PREFIX, Cache
 from debtorrent.torrent.packages import FileRequest, PackageSwarm
 from debtorrent.torrent.session import Session
 from debtorrent.torrent.swarm import Swarm
@@ -88,6 +89,24 @@ class SwarmManager:
             if file_index is not None:
                 swarm.forget_file(file_index)
 
+    def rescan(self) -> tuple[int, int]:
+        """Match every swarm's seeded files with the cache as it is now: files removed
+        or truncated behind the daemon's back are no longer offered, files put there
+        (``debtorrent import``) are. The walk runs in the threadpool; returns
+        ``(added, lost)`` over all swarms."""
+        by_base: dict[Path, list[PackageSwarm]] = {}
+        for swarm in list(self.swarms.values()):
+            by_base.setdefault(swarm.base, []).append(swarm)
+        added = lost = 0
+        hub = gevent.get_hub()
+        for base, swarms in by_base.items():
+            present = hub.threadpool.apply(_sizes_under, (str(base),))
+            for swarm in swarms:
+                if not swarm.closed:
+                    more, fewer = swarm.rescan(present)
+                    added, lost = added + more, lost + fewer
+        return added, lost
+
     def _file_completed(self, swarm: Swarm, file_index: int) -> None:
         """Seed a file in every other swarm that lists it at the same place."""
         if not isinstance(swarm, PackageSwarm):
@@ -106,3 +125,20 @@ class SwarmManager:
                 and not other.file_complete(other_index)
             ):
                 other.mark_complete(other_index)
+
+
+def _sizes_under(base: str) -> dict[str, int]:
+    """``{path under base: size}`` of the complete files under ``base/pool`` (where every
+    ``Filename`` of an index lives); run off the hub, it only reads the directory."""
+    sizes: dict[str, int] = {}
+    start = len(base) + 1
+    for dirpath, _dirs, names in os.walk(os.path.join(base, "pool")):
+        for name in names:
+            if name.startswith(TMP_PREFIX):
+                continue
+            full = os.path.join(dirpath, name)
+            try:
+                sizes[full[start:]] = os.stat(full).st_size
+            except OSError:
+                continue  # removed meanwhile
+    return sizes

@@ -20,7 +20,6 @@ import hashlib
 import logging
 import os
 import time
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +29,7 @@ from gevent.event import AsyncResult, Event
 from debtorrent.archive.indexes import LoadedIndex
 from debtorrent.cache import Cache
 from debtorrent.errors import (
+    CacheError,
     DebtorrentError,
     DiskFullError,
     MirrorError,
@@ -77,12 +77,17 @@ class FileRequest:
         self.mirror = swarm.loaded.mirror
         self.path = f"{root}/{filename}" if root else filename
         self.length = swarm.layout.file_size(file_index)
-        self.last_modified: float | None = None
+        # this attempt's own date, given to the file when it completes: apt can resume
+        # a cut stream of it, never across attempts (see cache.AttemptDates)
+        self.last_modified: float | None = swarm.cache.dates.issue(
+            str(swarm.final_path(file_index))
+        )
         self.event = Event()
         self.error: DebtorrentError | None = None
         self.final: Path | None = None
         self.started = time.monotonic()
         self.attempts = attempts
+        self.mirror_joined = False  # the access log's source: "mirror" once it joined
         self.mirror_tries = 0  # fetches from the mirror started for this request
         self._pieces = swarm.layout.file_pieces(file_index)
         self._prefix = 0  # bytes from the start of the file in verified pieces
@@ -92,6 +97,11 @@ class FileRequest:
     @property
     def done(self) -> bool:
         return self.event.is_set() and self.error is None
+
+    @property
+    def source(self) -> str:
+        """``peer`` when peers sent the whole file, ``mirror`` when the mirror joined."""
+        return "mirror" if self.mirror_joined else "peer"
 
     def notify(self) -> None:
         """Pieces were verified (or the request ended): wake the readers."""
@@ -121,7 +131,6 @@ class FileRequest:
 
     def wait_headers(self, timeout: float) -> None:
         """Nothing to wait for: the size is known from the index."""
-        # no Last-Modified while streaming: see fetch.Download.last_modified
 
     def read(self, offset: int, size: int, timeout: float) -> bytes:
         """Up to ``size`` bytes at ``offset``, waiting at most ``timeout`` for them."""
@@ -168,14 +177,6 @@ def swarm_identity(loaded: LoadedIndex) -> tuple[bytes, Layout]:
     return info_hash, Layout.file_aligned(loaded.index.sizes, LAYOUT1_PIECE_LENGTH)
 
 
-def _http_time(date: str | None) -> float:
-    """Seconds since the epoch of an RFC 2822 date (the epoch itself if unreadable)."""
-    try:
-        return parsedate_to_datetime(date or "").timestamp()
-    except (TypeError, ValueError, IndexError):
-        return 0.0
-
-
 class _Verifiable:
     """The pieces we could verify if we had them (the picker's ``only``)."""
 
@@ -207,10 +208,6 @@ class PackageSwarm(Swarm):
         self.fetches: dict[int, MirrorFetch] = {}
         self.peer_fetching: dict[int, dict[PeerConnection, int]] = {}
         self.created = time.monotonic()
-        # the cached files' date: the index's, never the moment of the download, which
-        # could equal the date apt gave a partial copy cut short (see fetch.Download)
-        self.file_date = _http_time(loaded.release.date)
-        self.mirror_dates: dict[int, str] = {}  # Last-Modified the mirror gave a file
         self._verifiable = _Verifiable(self)
         self._hashing: dict[int, AsyncResult] = {}  # whole-file piece hashing in progress
         self.complete_files = self._scan_cache()
@@ -253,10 +250,75 @@ class PackageSwarm(Swarm):
         """The cached copy was removed: its pieces are no longer ours to upload."""
         if file_index in self.requests or file_index in self.fetches:
             return
+        self._drop(file_index)
+
+    def _drop(self, file_index: int) -> None:
+        if self.file_complete(file_index):
+            self.complete_files = max(0, self.complete_files - 1)
         for piece in self.layout.file_pieces(file_index):
             self.have.discard(piece)
         self.hashes.pop(file_index, None)
         self.hash_giver.pop(file_index, None)
+
+    def _lost(self, file_index: int, why: str) -> None:
+        """A verified file changed behind the daemon's back (removed, truncated, made
+        unreadable): its pieces are no longer had, so the next request fetches it again
+        instead of waiting for pieces the picker believes it has (which never came)."""
+        if self.store.partial(file_index) or not self.file_complete(file_index):
+            return
+        log.warning(
+            "%s: cached %s %s; fetched again when asked",
+            self,
+            self.index.filenames[file_index],
+            why,
+        )
+        # even while the fetch that completed it is still ending: a request made now
+        # must not find the pieces had and wait for nothing
+        self._drop(file_index)
+
+    def _adopt(self, file_index: int) -> None:
+        """A complete file appeared in the cache (``debtorrent import``): seed it.
+
+        Not through :meth:`add_piece`, whose whole-file check would hash a large file on
+        the hub: the file is trusted as the start-up scan trusts the cache.
+        """
+        for piece in self.layout.file_pieces(file_index):
+            if piece in self.have:
+                continue
+            self.picker.piece_verified(piece)
+            for peer in list(self.peers):
+                peer.have(piece)
+        self.complete_files += 1
+
+    def rescan(self, present: dict[str, int]) -> tuple[int, int]:
+        """Match what the daemon seeds with what the cache holds now.
+
+        ``present`` maps paths under this swarm's archive root to file sizes (walked by
+        the caller, off the hub). Complete files that are gone or have the wrong size
+        are forgotten; files of the right size that appeared are seeded, trusted as the
+        start-up scan trusts them (only verified files are ever renamed into the cache,
+        and ``debtorrent import`` checks the SHA256 before it links or copies).
+        Returns ``(added, lost)``.
+        """
+        added = lost = 0
+        layout, positions = self.layout, self.index.positions
+        for file_index in range(layout.num_files):
+            if file_index % 4096 == 4095:
+                gevent.sleep(0)  # 63,000 files: let apt be answered in between
+            if file_index in self.requests or self.store.partial(file_index):
+                continue
+            name = self.index.filenames[file_index]
+            complete = self.file_complete(file_index)
+            there = present.get(name) == layout.file_size(file_index)
+            if complete and not there:
+                self._lost(file_index, "is gone or has the wrong size")
+                lost += 1
+            elif there and not complete and positions.get(name) == file_index:
+                self._adopt(file_index)
+                added += 1
+        if added or lost:
+            log.info("%s: rescan: %d files to seed added, %d lost", self, added, lost)
+        return added, lost
 
     # --- what apt asks for -------------------------------------------------------------
 
@@ -266,7 +328,13 @@ class PackageSwarm(Swarm):
         if pending is not None:
             return pending
         request = FileRequest(self, file_index)
-        if self.file_complete(file_index) and self.store.has_file(file_index):
+        if self.file_complete(file_index):
+            if self.store.has_file(file_index):
+                request.finish(self.final_path(file_index))
+                return request
+            self._lost(file_index, "is gone or has the wrong size")
+        elif self.store.has_file(file_index) and not self.store.partial(file_index):
+            self._adopt(file_index)  # imported since the start-up scan
             request.finish(self.final_path(file_index))
             return request
         if not self.cache.has_room(self.layout.file_size(file_index)):
@@ -368,6 +436,9 @@ class PackageSwarm(Swarm):
         url = mirror_url(mirror, self.loaded.release.root, self.index.filenames[file_index])
         fetch = MirrorFetch(self, file_index, url, self.session.mirror, health, mirror)
         self.fetches[file_index] = fetch
+        request = self.requests.get(file_index)
+        if request is not None:
+            request.mirror_joined = True
         if self.peers:  # peers may claim it at this very moment: settle before the mirror
             fetch.settle = CLAIM_SETTLE
         for peer in list(self.peers):
@@ -383,8 +454,6 @@ class PackageSwarm(Swarm):
         Returns whether it was stored (False: we had it already).
         """
         file_index = fetch.file_index
-        if fetch.last_modified:
-            self.mirror_dates[file_index] = fetch.last_modified
         if piece in self.have:
             return False
         self.store.write(piece, 0, data)
@@ -463,7 +532,11 @@ class PackageSwarm(Swarm):
         self.store.write(piece, begin, data)
 
     def read(self, piece: int, begin: int, length: int) -> bytes:
-        return self.store.read(piece, begin, length)
+        try:
+            return self.store.read(piece, begin, length)
+        except CacheError:
+            self._lost(self.layout.piece_file(piece), "cannot be read")
+            raise
 
     def check_piece(self, piece: int, source: PeerConnection | None) -> bool:
         ok = super().check_piece(piece, source)
@@ -519,9 +592,12 @@ class PackageSwarm(Swarm):
         self.session.file_completed(self, file_index)
 
     def _date_of(self, file_index: int) -> float:
-        """The mirror's Last-Modified for the file if it gave one, else the index's Date."""
-        given = self.mirror_dates.pop(file_index, None)
-        return _http_time(given) if given else self.file_date
+        """The date apt was given while the file streamed (its request's), so a resume
+        of that stream matches the cached file; a fresh one if nobody asked."""
+        request = self.requests.get(file_index)
+        if request is not None and request.last_modified is not None:
+            return request.last_modified
+        return self.cache.dates.issue(str(self.final_path(file_index)))
 
     def _whole_file_failed(self, file_index: int) -> None:
         giver = self.hash_giver.get(file_index)

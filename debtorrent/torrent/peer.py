@@ -381,6 +381,9 @@ class PeerConnection:
             if not data:
                 raise PeerError("closed by peer")
             self._handle_all(self._decoder.feed(data))
+            pause = self.swarm.session.rate_limits.download.take(len(data), time.monotonic())
+            if pause:
+                gevent.sleep(pause)  # --download-rate: the peer waits on our TCP window
             # a peer sending faster than we decode would otherwise keep this greenlet
             # running (gevent's recv only yields on an empty socket) and starve apt
             gevent.sleep(0)
@@ -531,6 +534,11 @@ class PeerConnection:
             request = self.incoming.popleft()
             if self.am_choking:
                 continue
+            pause = self.swarm.session.rate_limits.upload.take(request.length, time.monotonic())
+            if pause:
+                gevent.sleep(pause)  # --upload-rate
+                if self.am_choking or self.closed:
+                    continue
             data = self.swarm.read_block(request.index, request.begin, request.length)
             if data is None:
                 if self.fast:

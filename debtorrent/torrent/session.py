@@ -38,6 +38,7 @@ from debtorrent.config import default
 from debtorrent.errors import DebtorrentError, ProtocolError
 from debtorrent.mirror import Mirror
 from debtorrent.policy import Policy
+from debtorrent.ratelimit import RateLimits
 from debtorrent.torrent import wire
 from debtorrent.torrent.choker import (
     ChokerSettings,
@@ -126,6 +127,8 @@ class Session:
         self._dial_wakeup = Event()
         self._greenlets: list[gevent.Greenlet] = []
         self.file_listeners: list = []
+        # --upload-rate, --download-rate, all swarms (the daemon sets them)
+        self.rate_limits = RateLimits()
 
     # --- life cycle -----------------------------------------------------------------
 

@@ -159,7 +159,6 @@ class MirrorFetch:
         self.health = health
         self.host = host or url.split("/", 3)[2]
         self.started_ms = int(time.time() * 1000)
-        self.last_modified: str | None = None  # the mirror's Last-Modified for the file
         self.answered = False  # the mirror answered (a failure after that is no outage)
         self.yielded = False
         self.settle = 0.0  # seconds between our claim and our first request
@@ -201,7 +200,13 @@ class MirrorFetch:
             if self.health is not None and not self.answered and self.health.counts(exc):
                 self.health.failed(self.host, exc)  # refused, 5xx, no answer: back off
             else:
-                log.warning("%s: mirror fetch of %s failed: %s", self.sink, self.url, exc)
+                log.warning(
+                    "%s: mirror fetch of %s failed: %s",
+                    self.sink,
+                    self.url,
+                    exc,
+                    extra={"failure": exc},  # the status page lists it once
+                )
         finally:
             if self.health is not None and self.answered:
                 self.health.succeeded(self.host)
@@ -249,8 +254,6 @@ class MirrorFetch:
         headers = {} if whole else {"Range": f"bytes={first}-{last - 1}"}
         response = self.mirror.get(self.url, headers)
         self.answered = True
-        if response.last_modified:
-            self.last_modified = response.last_modified
         ranged = response.status == 206
         position = response.start if ranged else 0
         expected = (last - first) if ranged else size

@@ -56,7 +56,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 TMP_PREFIX = ".dt-tmp-"
-FULL = r"507\s+Insufficient Storage"
+FULL = r"507\s+Cache disk full"
 
 
 # ---- helpers --------------------------------------------------------------------------------

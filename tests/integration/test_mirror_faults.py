@@ -44,7 +44,7 @@ TMP_PREFIX = ".dt-tmp-"
 # what apt prints for a transfer cut after it started, or a status before the first byte
 CUT_OR_STATUS = (
     r"Error reading from server|[Cc]onnection (closed|reset|failed|refused)|closed connection"
-    r"|502\s+Bad Gateway|504\s+Gateway Timeout|Hash Sum mismatch|File has unexpected size"
+    r"|502\s+\S|504\s+\S|Hash Sum mismatch|File has unexpected size"
 )
 
 

@@ -25,6 +25,7 @@ import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -45,6 +46,8 @@ CACHE_DIR = Path("/var/cache/debtorrent")
 STATE_DIR = Path("/var/lib/debtorrent")
 LOG_DIR = Path("/var/log/debtorrent")
 UNIT = Path("/lib/systemd/system/debtorrent.service")
+APT_DROPIN = Path("/etc/apt/apt.conf.d/20debtorrent-proxy")
+DETECT = Path("/usr/lib/debtorrent/apt-proxy-detect")
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: What the package installs outside /usr/lib/python3: all of it must go on purge.
 SHIPPED = [
@@ -56,6 +59,8 @@ SHIPPED = [
     Path("/usr/share/man/man1/debtorrent.1.gz"),
     Path("/usr/share/man/man5/debtorrent.conf.5.gz"),
     Path("/usr/lib/python3/dist-packages/debtorrent"),
+    DETECT,
+    APT_DROPIN,  # written by postinst, not shipped, but it must go all the same
 ]
 
 pytestmark = [
@@ -297,11 +302,27 @@ def test_unit_verifies(installed: Path):
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
+@pytest.fixture
+def service_keyring(repo) -> Iterator[Path]:
+    """The fixture archive's key where the service user can read it (pytest's tmp is
+    root's only): the daemon trusts it as apt's own keys, so its index becomes a swarm."""
+    directory = Path(tempfile.mkdtemp(prefix="debtorrent-keyring-"))
+    try:
+        directory.chmod(0o755)
+        copy = directory / repo.keyring.name
+        shutil.copyfile(repo.keyring, copy)
+        copy.chmod(0o644)
+        yield copy
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def test_service_answers_apt_update_and_stops_on_sigterm(
-    service_factory, repo, mirror, apt_factory
+    service_factory, repo, mirror, apt_factory, service_keyring
 ):
-    # the fixture mirror listens on loopback, which the daemon reaches only when named
-    service = service_factory("--allowed-mirrors=*,127.0.0.1")
+    # the fixture mirror listens on loopback, which the daemon reaches only when named;
+    # its archive key is trusted as apt's own keys are, so its index becomes a swarm
+    service = service_factory("--allowed-mirrors=*,127.0.0.1", f"--keyring={service_keyring}")
     assert pwd.getpwuid(service.uid()).pw_name == USER
     daemon = SimpleNamespace(url=service.url)
     path_form = apt_factory.path_form(daemon, mirror)
@@ -336,6 +357,63 @@ def check_status_fields_documented(url: str) -> None:
     assert sorted(documented - fields) == [], "documented but not in /status.json"
 
 
+def test_apt_needs_no_line_goes_through_the_daemon_and_direct_without_it(
+    service_factory, repo, mirror, apt_factory
+):
+    """The package's drop-in is the whole set-up: apt with plain sources (the mirror's own
+    address) and no proxy line goes through the running daemon, and straight to the
+    mirror once the daemon is stopped."""
+    assert APT_DROPIN.is_file() and os.access(DETECT, os.X_OK)
+    assert f'Acquire::http::Proxy-Auto-Detect "{DETECT}";' in APT_DROPIN.read_text()
+    # the fixture mirror listens on loopback, which the daemon reaches only when named
+    service = service_factory("--allowed-mirrors=*,127.0.0.1")
+    if service.port != 9988:  # the script reads the port of /etc/debtorrent.conf
+        pytest.skip("port 9988 is taken on this machine: the drop-in would find another")
+    apt = apt_factory.direct(mirror)  # sources: http://<mirror>/debian ..., nothing else
+    conf = apt.conf_path.read_text()
+    apt.conf_path.write_text(conf.replace('Acquire::http::Proxy "DIRECT";\n', ""))
+    assert "Proxy" not in apt.conf_path.read_text()
+    # apt reads the installed drop-in itself (its sandboxed apt.conf.d links to it)
+    (apt.root / "etc" / "apt.conf.d" / APT_DROPIN.name).symlink_to(APT_DROPIN)
+    apt.update()
+    name = repo.package_names()[0]
+    apt.install_download_only(name)
+    assert repo.package(name).sha256 in apt.downloaded_sha256().values()
+    with urllib.request.urlopen(f"{service.url}/status.json", timeout=10) as answer:
+        served = {r["class"]: r["count"] for r in json.load(answer)["requests"]}
+    assert served.get("index", 0) >= 1 and served.get("package", 0) >= 1, served
+    with urllib.request.urlopen(f"{service.url}/health", timeout=10) as answer:
+        assert answer.read() == b"ok: serving\n"
+
+    assert service.stop() == 0, service.log()
+    before = len(mirror.records())
+    apt.clean()
+    apt.update()  # direct now: the script said DIRECT
+    apt.install_download_only(name)
+    assert repo.package(name).sha256 in apt.downloaded_sha256().values()
+    assert any(r.path.endswith("/InRelease") for r in mirror.records()[before:])
+
+
+def test_the_commands_find_the_service_without_options(service_factory):
+    service = service_factory()
+    if service.port != 9988:
+        pytest.skip("port 9988 is taken on this machine: a bare command would ask it")
+    env = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}
+    status = run(["debtorrent", "status"], env=env, cwd="/")
+    assert "at http://127.0.0.1:9988/: up " in status.stdout and ", serving" in status.stdout
+    verify = run(["debtorrent", "cache", "verify"], env=env, cwd="/")  # as root, on its cache
+    assert "0 bad" in verify.stdout, verify.stdout
+    assert service.stop() == 0
+    offline = run(["debtorrent", "status"], env=env, cwd="/", check=False)
+    assert offline.returncode == 3 and f"Cache:      {CACHE_DIR}:" in offline.stdout
+    # root with the system configuration: refused, with the reason
+    refused = run(["debtorrent", "-c", str(CONFFILE)], env=env, cwd="/", check=False)
+    assert refused.returncode == 1
+    assert f"refusing to run as root: cache-dir {CACHE_DIR} belongs to user {USER}" in (
+        refused.stderr
+    )
+
+
 def test_sighup_reopens_the_log_file(service_factory):
     log_file = LOG_DIR / "debtorrent.log"
     service = service_factory(f"--log-file={log_file}")
@@ -361,8 +439,13 @@ def test_man_shows_the_pages(installed: Path, page: str, title: str):
     assert "cache-dir" in shown
 
 
-def test_purge_leaves_only_the_cache(installed: Path):
+def test_remove_takes_the_apt_drop_in_then_purge_leaves_only_the_cache(installed: Path):
     uid = pwd.getpwnam(USER).pw_uid
+    apt_get("remove", "-y", PACKAGE)
+    assert not APT_DROPIN.exists() and not DETECT.exists()
+    dump = run(["apt-config", "dump"]).stdout  # apt still reads its configuration
+    assert "Proxy-Auto-Detect" not in dump
+    assert CONFFILE.exists()  # a conffile: kept until purge
     apt_get("purge", "-y", PACKAGE)
     assert package_status() in ("", "un ", "pn ")
     assert [p for p in [*SHIPPED, STATE_DIR, LOG_DIR] if p.exists()] == []

@@ -579,7 +579,8 @@ def _call(app: AptApp) -> tuple[int, dict[str, str], bytes]:
     }
     body = b"".join(app(environ, start_response))
     code = int(got["status"].split()[0])
-    # a reason phrase may say why, in printable ASCII: "403 Forbidden (not a file of ...)"
+    # the reason phrase carries the cause (apt prints it): printable ASCII, one line, e.g.
+    # "403 Forbidden (not a file of ...)" or "502 Mirror refused connection (host:80)"
     assert re.fullmatch(r"\d{3} [A-Za-z][ -~]{0,149}", got["status"]), got["status"]
     return code, got["headers"], body
 

@@ -16,11 +16,35 @@ from typing import Any
 
 import pytest
 
-from debtorrent.statuspage import REFRESH, escape, human_bytes, render
+from debtorrent.statuspage import REFRESH, escape, human_bytes, render, sources_lines
 
 NOW = 1_800_000_000.0
 
 SAMPLE: dict[str, Any] = {
+    "health": {"ok": True, "reason": "serving"},
+    "mirrors": [
+        {
+            "host": "deb.example.org",
+            "suites": [
+                {
+                    "root": "debian",
+                    "suite": "bookworm",
+                    "origin": "Debian",
+                    "components": ["main"],
+                }
+            ],
+            "failure": None,
+            "failed_at": None,
+        }
+    ],
+    "discovery": {"trackers": 1, "peers": 0},
+    "rates": {
+        "upload": {"rate": 20_000, "limit": 1_000_000.0},
+        "download": {"rate": 1_500_000, "limit": None},
+        "mirror": {"rate": 0, "limit": None},
+    },
+    "cache_hits": 7,
+    "cache_misses": 3,
     "version": "0.1.0",
     "uptime": 3725.5,
     "started": NOW - 3725.5,
@@ -117,8 +141,8 @@ SAMPLE: dict[str, Any] = {
         },
     ],
     "errors": [
-        {"time": NOW - 30, "message": "banned peer 192.0.2.9: sent bad data"},
-        {"time": NOW - 90, "message": "fetch deb.example.org/x failed: 503"},
+        {"time": NOW - 30, "message": "banned peer 192.0.2.9: sent bad data", "count": 1},
+        {"time": NOW - 90, "message": "fetch deb.example.org/x failed: 503", "count": 4},
     ],
     "suites": [
         {
@@ -268,7 +292,12 @@ def test_sample_page_shows_every_section() -> None:
     assert "banned peer 192.0.2.9: sent bad data" in seen
     assert "Cache: 117.7 MiB in 321 files, counted at" in seen
     assert "deb http://localhost:9988/deb.example.org/debian bookworm main" in seen
+    assert "deb http://localhost:9988/SECURITY-HOST/debian-security bookworm-security" in seen
     assert 'Acquire::http::Proxy "http://localhost:9988/";' in seen
+    assert "7 hits, 3 misses (70.0 %)" in seen
+    assert "fetch deb.example.org/x failed: 503 (\u00d74, the last shown)" in seen
+    assert "976.6 KiB/s" in seen and "no limit" in seen  # the upload limit, the others
+    assert "Not serving" not in seen and "No peer discovery" not in seen
     assert "1 h 2 min" in seen  # uptime
     assert "1 peer connection" in seen and ": 1 peer" in seen
 
@@ -293,7 +322,7 @@ def test_the_page_runs_nothing() -> None:
     for tag, attrs in page.tags:
         assert tag != "script"
         if tag == "a":
-            assert attrs["href"] in ("/status.json", "/metrics")
+            assert attrs["href"] in ("/status.json", "/metrics", "/health")
 
 
 def test_empty_daemon() -> None:
@@ -307,6 +336,46 @@ def test_empty_daemon() -> None:
     assert "Nothing is being downloaded." in seen
     assert "No error since the start." in seen
     assert "Cache: not counted yet." in seen
+
+
+def test_hints_when_sharing_cannot_happen() -> None:
+    alone = {**SAMPLE, "discovery": {"trackers": 0, "peers": 0}}
+    seen = check_safe(render(alone, host="h", now=NOW)).all_text
+    assert "No peer discovery is configured" in seen
+    lonely = {**SAMPLE, "connections": 0}
+    lonely["all_time"] = {**SAMPLE["all_time"], "bytes_from_peers": 0}
+    seen = check_safe(render(lonely, host="h", now=NOW)).all_text
+    assert "No peer seen yet" in seen and "TCP port 9989" in seen
+
+
+def test_unhealthy_daemon_says_why() -> None:
+    sick = {**SAMPLE, "health": {"ok": False, "reason": "cache disk full (/var/cache/x)"}}
+    seen = check_safe(render(sick, host="h", now=NOW)).all_text
+    assert "Not serving: cache disk full (/var/cache/x)." in seen
+
+
+def test_sources_lines_for_every_mirror_and_no_security_template_when_used() -> None:
+    both = copy.deepcopy(SAMPLE)
+    both["mirrors"].append(
+        {
+            "host": "security.example.org",
+            "suites": [
+                {
+                    "root": "debian-security",
+                    "suite": "bookworm-security",
+                    "origin": "Debian",
+                    "components": ["main", "contrib"],
+                }
+            ],
+            "failure": "refused connection",
+            "failed_at": NOW - 5,
+        }
+    )
+    assert sources_lines(both, "192.0.2.10:9988") == [
+        "deb http://192.0.2.10:9988/deb.example.org/debian bookworm main",
+        "deb http://192.0.2.10:9988/security.example.org/debian-security "
+        "bookworm-security main contrib",
+    ]
 
 
 def test_missing_fields_do_not_break_the_page() -> None:
