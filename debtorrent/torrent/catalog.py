@@ -17,7 +17,7 @@ keyed by the digest's first 8 bytes (bookworm main: 63,000 files).
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from debtorrent.torrent.layout import LAYOUT1_PIECE_LENGTH, Layout
@@ -25,6 +25,8 @@ from debtorrent.torrent.layout import LAYOUT1_PIECE_LENGTH, Layout
 __all__ = ["PREFIX", "FileCatalog", "Place", "prefix_of"]
 
 PREFIX = 8  #: bytes of a SHA256 that name a file in availability messages
+PAUSE_EVERY = 4096  #: entries of an index taken between two pauses
+MAX_PLACES = 8  #: other places kept per file (an index listing one file many times: no)
 
 
 def prefix_of(digest: bytes) -> int:
@@ -72,20 +74,23 @@ class FileCatalog:
         mirror: str,
         root: str,
         entries: Iterable[tuple[str, int, bytes]],
+        pause: Callable[[], None] | None = None,
     ) -> list[int]:
         """Take the ``(filename, size, sha256)`` entries of an index loaded under *key*.
 
         Returns the files that are new to the catalog, in order (their pieces follow
         the existing ones). A file already known by its SHA256 gains a place; a key
-        added twice is counted once.
+        added twice is counted once. ``pause()`` is called every :data:`PAUSE_EVERY`
+        entries with the catalog consistent (a caller on an event loop lets others run
+        there: 63,000 entries take tens of milliseconds).
         """
         if key in self._indexes:
             return []
         origin = self._origin_id(mirror, root)
         listed = array("i")
         new: list[int] = []
-        new_sizes: list[int] = []
-        for filename, size, digest in entries:
+        pending: list[int] = []  # sizes of new files not in the layout yet
+        for count, (filename, size, digest) in enumerate(entries, 1):
             file = self.find(digest)
             if file is None:
                 file = len(self._names)
@@ -95,20 +100,26 @@ class FileCatalog:
                 self._names.append(filename)
                 self._listed.append(0)
                 new.append(file)
-                new_sizes.append(size)
-            elif self.layout.num_files > file and self.layout.file_size(file) != size:
+                pending.append(size)
+            elif file < self.layout.num_files and self.layout.file_size(file) != size:
                 continue  # the same SHA256 with another size: a broken index, not ours
             elif (self._origin[file], self._names[file]) != (origin, filename):
-                place = Place(mirror, root, filename)
-                extra = self._extra.setdefault(file, [])
-                if place not in extra:
-                    extra.append(place)
+                self._add_place(file, Place(mirror, root, filename))
             listed.append(file)
-        self.layout.extend(new_sizes)
+            if pause is not None and count % PAUSE_EVERY == 0:
+                self.layout.extend(pending)
+                pending.clear()
+                pause()
+        self.layout.extend(pending)
         for file in set(listed):
             self._listed[file] += 1
         self._indexes[key] = listed
         return new
+
+    def _add_place(self, file: int, place: Place) -> None:
+        extra = self._extra.setdefault(file, [])
+        if len(extra) < MAX_PLACES and place not in extra:
+            extra.append(place)
 
     def remove_index(self, key: object) -> list[int]:
         """Forget an index; returns the files no loaded index lists any more."""

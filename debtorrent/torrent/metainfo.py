@@ -7,12 +7,11 @@ Two kinds of swarm run on the same engine:
   the parser is strict: the info hash is the SHA1 of the ``info`` value's bytes exactly
   as received (never re-encoded), and every field that decides where bytes go on disk is
   validated (path components, sizes, piece length, piece count);
-- a **Packages swarm** (layout 1 of the design), which has no ``.torrent`` at all: every
-  peer derives the same small info dict from the index it already trusts
-  (:func:`swarm_info`, :func:`swarm_info_hash`), and the same file list and piece layout
-  from the index's stanzas (:func:`debtorrent.torrent.packages.swarm_identity`, over the
-  scanned :class:`~debtorrent.archive.packages.PackageIndex`). Nothing names the mirror, so
-  users of different mirrors carrying the same index meet in one swarm.
+- a **suite swarm** (layout 2 of the design, docs/layout2.md), which has no ``.torrent``
+  at all: one per (Origin, Codename, component), its info dict derived from those alone
+  (:func:`suite_name`, :func:`suite_info_hash`), so every user of a suite meets in one
+  swarm whatever the architecture, the index version or the mirror; its files come from
+  the indexes each peer has loaded (:class:`~debtorrent.torrent.catalog.FileCatalog`).
 
 Text in a torrent (name, paths, tracker URLs) must be UTF-8; other encodings are refused
 rather than guessed, since a guessed name could differ between peers.
@@ -30,10 +29,10 @@ from typing import Any, NamedTuple
 
 from debtorrent.errors import BencodeError, MetainfoError
 from debtorrent.torrent import bencode
-from debtorrent.torrent.layout import BLOCK_SIZE, LAYOUT1_PIECE_LENGTH, Layout
+from debtorrent.torrent.layout import BLOCK_SIZE, Layout
 
 __all__ = [
-    "LAYOUT1",
+    "LAYOUT2",
     "MAX_PIECE_LENGTH",
     "MIN_PIECE_LENGTH",
     "FileEntry",
@@ -42,9 +41,9 @@ __all__ = [
     "create_torrent",
     "load_torrent",
     "parse_torrent",
-    "swarm_info",
-    "swarm_info_hash",
-    "swarm_name",
+    "suite_info",
+    "suite_info_hash",
+    "suite_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,11 +52,7 @@ log = logging.getLogger(__name__)
 MIN_PIECE_LENGTH = BLOCK_SIZE
 #: Largest piece length accepted (mktorrent's maximum); a piece is buffered in memory.
 MAX_PIECE_LENGTH = 1 << 28
-#: The ``layout`` value of file-aligned swarms derived from a Packages index.
-LAYOUT1 = 1
-
 _SHA1_LEN = 20
-_SHA256_LEN = 32
 _READ_CHUNK = 1 << 20
 
 
@@ -375,7 +370,9 @@ def create_torrent(
     return bencode.encode(meta)
 
 
-# --- Packages swarms (layout 1) ---------------------------------------------------------------
+# --- suite swarms (layout 2) -----------------------------------------------------------------
+
+LAYOUT2 = 2
 
 
 def _label(value: str, what: str) -> str:
@@ -386,47 +383,25 @@ def _label(value: str, what: str) -> str:
     return value
 
 
-def swarm_name(origin: str, codename_or_suite: str, component: str, arch: str) -> str:
-    """The swarm's display name: ``<Origin>_<Codename>_<component>_binary-<arch>``.
-
-    For example ``Debian_bookworm_main_binary-amd64``. The name only labels the swarm;
-    its identity is the info hash, which also covers the index's SHA256.
-    """
-    return "_".join(
-        (
-            _label(origin, "origin"),
-            _label(codename_or_suite, "codename"),
-            _label(component, "component"),
-            "binary-" + _label(arch, "architecture"),
-        )
+def suite_name(origin: str, codename_or_suite: str, component: str) -> str:
+    """A suite swarm's name: ``<Origin>_<Codename>_<component>``, e.g.
+    ``Debian_bookworm-security_main``; ``_`` inside a part becomes ``-`` and so does
+    ``/`` (``updates/main``), so the three parts can be read back."""
+    parts = (
+        _label(origin, "origin"),
+        _label(codename_or_suite, "codename"),
+        _label(component, "component"),
     )
+    return "_".join(p.replace("_", "-").replace("/", "-") for p in parts)
 
 
-def swarm_info(
-    origin: str,
-    codename_or_suite: str,
-    component: str,
-    arch: str,
-    packages_sha256: bytes,
-) -> dict[bytes, Any]:
-    """The info dict of the swarm of one ``Packages`` index (uncompressed SHA256, raw)."""
-    if not isinstance(packages_sha256, bytes) or len(packages_sha256) != _SHA256_LEN:
-        raise MetainfoError("packages-sha256 must be 32 raw bytes")
-    return {
-        b"layout": LAYOUT1,
-        b"name": swarm_name(origin, codename_or_suite, component, arch).encode("utf-8"),
-        b"packages-sha256": packages_sha256,
-        b"piece length": LAYOUT1_PIECE_LENGTH,
-    }
+def suite_info(name: str) -> dict[bytes, Any]:
+    """The info dict of a suite swarm: its name and layout, nothing that changes when
+    an index is updated, and no architecture or mirror (docs/layout2.md)."""
+    return {b"layout": LAYOUT2, b"name": _label(name, "name").encode("utf-8")}
 
 
-def swarm_info_hash(
-    origin: str,
-    codename_or_suite: str,
-    component: str,
-    arch: str,
-    packages_sha256: bytes,
-) -> bytes:
-    """``SHA1(bencode(swarm_info(...)))``: the 20-byte info hash peers and trackers see."""
-    info = swarm_info(origin, codename_or_suite, component, arch, packages_sha256)
-    return hashlib.sha1(bencode.encode(info)).digest()
+def suite_info_hash(name: str) -> bytes:
+    """``SHA1(bencode(suite_info(name)))``: the 20-byte info hash peers and trackers
+    see, the same before and after every ``apt update``."""
+    return hashlib.sha1(bencode.encode(suite_info(name))).digest()

@@ -34,6 +34,7 @@ from gevent.event import Event
 
 from debtorrent.errors import DebtorrentError, PeerError, ProtocolError
 from debtorrent.policy import Policy
+from debtorrent.torrent import filewire as fw
 from debtorrent.torrent import wire
 from debtorrent.torrent.layout import BLOCK_SIZE
 from debtorrent.torrent.picker import PieceSet
@@ -137,9 +138,11 @@ class PeerConnection:
         self._last_send = time.monotonic()
         self._wakeup_upload = Event()
         self._decoder = wire.Decoder(
-            swarm.layout.num_pieces, piece_size=swarm.layout.piece_size, handshake=True
+            swarm.wire_pieces, piece_size=swarm.layout.piece_size, handshake=True
         )
         self._greenlets: list[gevent.Greenlet] = []
+        #: a suite swarm's translation to files named by SHA256 (None: BEP 3 pieces)
+        self.plane = swarm.new_plane(self)
 
     def __repr__(self) -> str:
         return f"<peer {self.address[0]}:{self.address[1]} {self.client or '?'}>"
@@ -162,7 +165,7 @@ class PeerConnection:
             if handshake is None:
                 handshake, early = self._read_handshake()
             elif decoder is not None:
-                decoder.set_num_pieces(self.swarm.layout.num_pieces)
+                decoder.set_num_pieces(self.swarm.wire_pieces)
                 decoder.piece_size = self.swarm.layout.piece_size
                 self._decoder = decoder
             self._accept_handshake(handshake)
@@ -224,6 +227,10 @@ class PeerConnection:
             reqq = self.policy.limits.max_queued_requests
             self.send(wire.ExtensionHandshake.local(port, reqq).message())
         have = self.swarm.have
+        if self.plane is not None:  # files travel in dt_files, after the peer's ids
+            if self.fast:
+                self.send(wire.HaveNone())
+            return
         if self.fast and len(have) == 0:
             self.send(wire.HaveNone())
         elif self.fast and have.complete:
@@ -253,9 +260,15 @@ class PeerConnection:
     # --- sending --------------------------------------------------------------------
 
     def send(self, message: Any) -> None:
-        """Queue a message; the writer greenlet sends in order."""
-        if not self.closed:
-            self._enqueue(wire.encode(message))
+        """Queue a message; the writer greenlet sends in order (a suite swarm's piece
+        messages first become file messages: :mod:`~debtorrent.torrent.fileplane`)."""
+        if self.closed:
+            return
+        if self.plane is not None:
+            message = self.plane.outgoing(message)
+            if message is None:
+                return
+        self._enqueue(wire.encode(message))
 
     def _enqueue(self, data: bytes) -> None:
         """Queue bytes for the writer, within the byte limit.
@@ -395,6 +408,13 @@ class PeerConnection:
             self._handle(message)
 
     def _handle(self, msg: Any) -> None:
+        if self.plane is not None and type(msg) in _PIECE_MESSAGES:
+            raise ProtocolError(f"{type(msg).__name__} in a suite swarm (files go by SHA256)")
+        self.handle(msg)
+
+    def handle(self, msg: Any) -> None:
+        """Act on one message, in the swarm's own piece numbers (the file plane hands
+        translated ones here)."""
         handler = _HANDLERS.get(type(msg))
         if handler is not None:
             handler(self, msg)
@@ -511,7 +531,10 @@ class PeerConnection:
             return
         for name, local_id in wire.LOCAL_EXTENSIONS.items():
             if local_id == msg.ext_id:
-                self.swarm.on_extended(self, name, msg.payload)
+                if self.plane is not None and name in fw.NAMES:
+                    self.plane.incoming(name, msg.payload, msg.trailing)
+                else:
+                    self.swarm.on_extended(self, name, msg.payload)
                 return
 
     # --- uploading -------------------------------------------------------------------
@@ -548,7 +571,13 @@ class PeerConnection:
                 return
             self.up.add(len(data))
             self.swarm.on_upload(self, len(data))
-            self._enqueue(wire.encode_piece_header(request.index, request.begin, len(data)))
+            if self.plane is None:
+                header = wire.encode_piece_header(request.index, request.begin, len(data))
+            else:
+                header = self.plane.piece_header(request.index, request.begin, len(data))
+                if header is None:
+                    continue  # the peer asked in a language it did not announce
+            self._enqueue(header)
             self._enqueue(data)
             if self.queued_bytes >= self.policy.limits.writer_batch:
                 gevent.sleep(0)  # let the writer send a batch before reading more
@@ -570,6 +599,20 @@ class PeerConnection:
             self._drop_requests()
             self.request_more()
 
+
+# what a suite swarm's peers say in file messages instead (HaveNone is harmless)
+_PIECE_MESSAGES = frozenset(
+    {
+        wire.Have,
+        wire.Bitfield,
+        wire.HaveAll,
+        wire.AllowedFast,
+        wire.Request,
+        wire.Cancel,
+        wire.RejectRequest,
+        wire.Piece,
+    }
+)
 
 _HANDLERS = {
     wire.Choke: PeerConnection._on_choke,

@@ -95,6 +95,15 @@ class Swarm:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.info_hash.hex()[:12]}>"
 
+    @property
+    def wire_pieces(self) -> int:
+        """Pieces BEP 3 messages may name (a suite swarm's name files instead: 0)."""
+        return self.layout.num_pieces
+
+    def new_plane(self, peer: PeerConnection) -> object | None:
+        """The connection's translation of piece messages (none: BEP 3 as it is)."""
+        return None
+
     # --- peers coming and going ------------------------------------------------------
 
     def attach(self, peer: PeerConnection) -> bool:

@@ -169,6 +169,15 @@ class MirrorFetch:
         self._whole = hashlib.sha256()
         self._hashed = 0
 
+    @property
+    def has(self) -> range:
+        """What this peer of the picker has: every piece of its file."""
+        return self.sink.layout.file_pieces(self.file_index)
+
+    def cancel(self, piece: int, begin: int) -> None:
+        """A peer brought a block this fetch claimed: the stream goes on regardless
+        (it skips what is had), as a web seed's response cannot be cut per block."""
+
     def whole_digest(self) -> bytes | None:
         """SHA256 of the whole file if every piece of it came from this stream."""
         layout = self.sink.layout

@@ -37,21 +37,19 @@ from __future__ import annotations
 
 import secrets
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from random import Random
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 from debtorrent import __version__
 from debtorrent.errors import BencodeError, ProtocolError
-from debtorrent.torrent import bencode
+from debtorrent.torrent import bencode, filewire
 from debtorrent.torrent.layout import BLOCK_SIZE
 
 __all__ = [
     "CLIENT_VERSION",
     "DEFAULT_RESERVED",
-    "DT_FETCHING",
-    "DT_HASHES",
     "HANDSHAKE_LEN",
     "LOCAL_EXTENSIONS",
     "MAX_MESSAGE_LEN",
@@ -64,14 +62,7 @@ __all__ = [
     "Decoder",
     "Extended",
     "ExtensionHandshake",
-    "FetchAborted",
-    "FetchClaim",
-    "FetchFinished",
-    "FetchStarted",
     "Handshake",
-    "HashesReject",
-    "HashesReply",
-    "HashesRequest",
     "Have",
     "HaveAll",
     "HaveNone",
@@ -86,13 +77,8 @@ __all__ = [
     "Suggest",
     "Unchoke",
     "Unknown",
-    "decode_dt_fetching",
-    "decode_dt_hashes",
     "encode",
-    "encode_dt_fetching",
-    "encode_dt_hashes",
     "encode_piece_header",
-    "fetch_winner",
     "peer_id",
 ]
 
@@ -540,10 +526,9 @@ class Decoder:
 # --- BEP 10 extension handshake ----------------------------------------------------------
 
 #: debtorrent's own extensions.
-DT_HASHES = "dt_hashes"
-DT_FETCHING = "dt_fetching"
-#: The ids we assign to the extensions we accept: peers send them to us under these.
-LOCAL_EXTENSIONS: Mapping[str, int] = {DT_HASHES: 1, DT_FETCHING: 2}
+#: our BEP 10 extensions and the ids we give them: the package data plane of suite
+#: swarms (docs/layout2.md, :mod:`debtorrent.torrent.filewire`)
+LOCAL_EXTENSIONS: Mapping[str, int] = {name: i + 1 for i, name in enumerate(filewire.NAMES)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -601,172 +586,3 @@ class ExtensionHandshake:
             p=p if isinstance(p, int) and 0 < p < 65536 else None,
             reqq=reqq if isinstance(reqq, int) and reqq > 0 else None,
         )
-
-
-# --- dt_hashes: a file's piece SHA256 list --------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class HashesRequest:
-    """ "Send me the piece SHA256 list of file *file_index*"."""
-
-    file_index: int
-
-
-@dataclass(frozen=True, slots=True)
-class HashesReply:
-    """The piece SHA256s of *file_index*, 32 bytes each, concatenated in piece order."""
-
-    file_index: int
-    hashes: bytes
-
-    def piece_hashes(self) -> list[bytes]:
-        return [self.hashes[i : i + 32] for i in range(0, len(self.hashes), 32)]
-
-
-@dataclass(frozen=True, slots=True)
-class HashesReject:
-    """ "I cannot send that list" (no such file, or I have not hashed it)."""
-
-    file_index: int
-
-
-_HASHES_TYPES: dict[type, int] = {HashesRequest: 0, HashesReply: 1, HashesReject: 2}
-
-
-def _file_index(payload: Mapping[bytes, Any], num_files: int, what: str) -> int:
-    index = payload.get(b"file")
-    if not isinstance(index, int) or not 0 <= index < num_files:
-        raise ProtocolError(f"{what}: file index {index!r} not in 0..{num_files - 1}")
-    return index
-
-
-def _msg_type(payload: Any, what: str) -> int:
-    if not isinstance(payload, Mapping):
-        raise ProtocolError(f"{what} payload is not a dict")
-    msg_type = payload.get(b"msg_type")
-    if not isinstance(msg_type, int) or not 0 <= msg_type <= 2:
-        raise ProtocolError(f"{what}: msg_type {msg_type!r} unknown")
-    return msg_type
-
-
-def encode_dt_hashes(msg: HashesRequest | HashesReply | HashesReject) -> dict[str, Any]:
-    """The payload dict of a ``dt_hashes`` message (to put in an :class:`Extended`)."""
-    payload: dict[str, Any] = {"msg_type": _HASHES_TYPES[type(msg)], "file": msg.file_index}
-    if isinstance(msg, HashesReply):
-        payload["hashes"] = msg.hashes
-    return payload
-
-
-def decode_dt_hashes(
-    payload: Any,
-    *,
-    num_files: int,
-    file_pieces: Callable[[int], int] | None = None,
-) -> HashesRequest | HashesReply | HashesReject:
-    """Validate a ``dt_hashes`` payload: known type, file in range, whole hashes.
-
-    With *file_pieces* (file index -> its number of pieces), a reply must hold exactly
-    one hash per piece. Extra keys are ignored, so later versions can add some.
-    """
-    msg_type = _msg_type(payload, "dt_hashes")
-    index = _file_index(payload, num_files, "dt_hashes")
-    if msg_type == 0:
-        return HashesRequest(index)
-    if msg_type == 2:
-        return HashesReject(index)
-    hashes = payload.get(b"hashes")
-    if not isinstance(hashes, bytes) or not hashes or len(hashes) % 32:
-        raise ProtocolError("dt_hashes reply: 'hashes' is not a list of 32-byte hashes")
-    if file_pieces is not None and len(hashes) != 32 * file_pieces(index):
-        raise ProtocolError(
-            f"dt_hashes reply: {len(hashes) // 32} hashes for file {index} "
-            f"of {file_pieces(index)} pieces"
-        )
-    return HashesReply(index, hashes)
-
-
-# --- dt_fetching: "I am fetching this file from the mirror" ---------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class FetchStarted:
-    """The sender began fetching *file_index* from the mirror at *started_ms*.
-
-    *started_ms* is the sender's wall clock in milliseconds since the Unix epoch. Clocks
-    of two machines differ, but both sides compare the same two announced values, so
-    they agree on the winner (:func:`fetch_winner`) whatever the skew.
-    """
-
-    file_index: int
-    started_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class FetchFinished:
-    """The sender has the whole file, verified: ask it for pieces or hashes."""
-
-    file_index: int
-
-
-@dataclass(frozen=True, slots=True)
-class FetchAborted:
-    """The sender stopped fetching (error, cancelled, lost the tie-break).
-
-    *failed* (key ``failed``, 1): the file the sender had failed its whole-file check
-    at the source (the mirror sent a bad file, or a peer's hash list led to one). Its
-    pieces of that file and the hash list it gave are void: a receiver drops them and
-    does not ban the sender for them. Peers that predate the key read a plain abort.
-    """
-
-    file_index: int
-    failed: bool = False
-
-
-_FETCH_TYPES: dict[type, int] = {FetchStarted: 0, FetchFinished: 1, FetchAborted: 2}
-
-
-def encode_dt_fetching(msg: FetchStarted | FetchFinished | FetchAborted) -> dict[str, Any]:
-    """The payload dict of a ``dt_fetching`` message."""
-    payload: dict[str, Any] = {"msg_type": _FETCH_TYPES[type(msg)], "file": msg.file_index}
-    if isinstance(msg, FetchStarted):
-        payload["t"] = msg.started_ms
-    if isinstance(msg, FetchAborted) and msg.failed:
-        payload["failed"] = 1
-    return payload
-
-
-def decode_dt_fetching(
-    payload: Any, *, num_files: int
-) -> FetchStarted | FetchFinished | FetchAborted:
-    """Validate a ``dt_fetching`` payload; ``t`` is required (and >= 0) when started."""
-    msg_type = _msg_type(payload, "dt_fetching")
-    index = _file_index(payload, num_files, "dt_fetching")
-    if msg_type == 0:
-        t = payload.get(b"t")
-        if not isinstance(t, int) or not 0 <= t < 1 << 63:
-            raise ProtocolError(f"dt_fetching: start time {t!r} is not a timestamp")
-        return FetchStarted(index, t)
-    if msg_type == 1:
-        return FetchFinished(index)
-    return FetchAborted(index, failed=payload.get(b"failed") == 1)
-
-
-class FetchClaim(NamedTuple):
-    """One daemon's claim to fetch a file from the mirror: its start time and peer id."""
-
-    started_ms: int
-    peer_id: bytes
-
-
-def fetch_winner(claims: Iterable[FetchClaim]) -> FetchClaim:
-    """The claim that keeps fetching: the earliest start, then the lowest peer id.
-
-    Every daemon applies this to the same announced values, so all settle on the same
-    fetcher without another round trip; the others send :class:`FetchAborted` if they
-    had started, and wait for the winner's pieces.
-    """
-    try:
-        return min(claims)
-    except ValueError:
-        raise ValueError("fetch_winner() needs at least one claim") from None

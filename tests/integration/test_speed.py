@@ -193,14 +193,13 @@ def test_an_unchanged_inrelease_is_not_sent_again(
 def _big_suite(repo: Repo, stanzas: int) -> tuple[str, int]:
     """A signed suite ``big`` with a ~50 MB Packages of made-up files; returns the
     by-hash path of its Packages.gz below the archive root, and the index size."""
-    digest = hashlib.sha256(b"seed").hexdigest()
     text = "".join(
         f"Package: big{i}\nVersion: 1.0-{i}\nArchitecture: {repo.arch}\n"
         f"Maintainer: Test <test@example.org>\nInstalled-Size: {10 + i % 90}\n"
         f"Depends: libc6 (>= 2.36), big{(i * 7) % stanzas}\nSection: misc\n"
         f"Description: synthetic package {i} of a large index\n {'lorem ipsum ' * 30}\n"
         f"Filename: pool/main/b/big{i}/big{i}_1.0-{i}_{repo.arch}.deb\nSize: {1000 + i}\n"
-        f"MD5sum: {digest[:32]}\nSHA256: {digest}\n\n"
+        f"MD5sum: {'0' * 32}\nSHA256: {hashlib.sha256(str(i).encode()).hexdigest()}\n\n"
         for i in range(stanzas)
     ).encode()
     packed = gzip.compress(text, compresslevel=1)
