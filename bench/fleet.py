@@ -69,9 +69,8 @@ from _fleetlib import (
     wait_port,
 )
 
-from debtorrent.torrent.metainfo import swarm_info_hash
 from tests.fixtures.apt import AptClient, AptResult
-from tests.fixtures.repo import COMPONENT, ORIGIN, PackageSpec, Repo, build_repo
+from tests.fixtures.repo import PackageSpec, Repo, build_repo
 from tests.fixtures.tracker import Tracker
 
 KiB = 1024
@@ -237,13 +236,7 @@ class Bench:
         (www / "debian").symlink_to(self.repo.root)
         for d in (self.work, www):
             os.chmod(d, 0o755)
-        self.info_hash = swarm_info_hash(
-            ORIGIN,
-            self.repo.codename,
-            COMPONENT,
-            self.repo.arch,
-            bytes.fromhex(self.repo.packages_sha256()),
-        )
+        self.info_hash = self.repo.swarm_hash()
         sizes = sorted((self.repo.package(n).size for n in self.names), reverse=True)
         largest = ", ".join(f"{s / MiB:.1f}" for s in sizes[:3])
         print(

@@ -331,13 +331,14 @@ def child_build(packages: Path, release: Path) -> None:
     """What PackageSwarm.__init__ does, timed step by step; prints one JSON line."""
     import gc
 
+    from debtorrent.torrent.packages import PackageSwarm
+
     from debtorrent.archive.indexes import LoadedIndex
     from debtorrent.archive.packages import scan_packages
     from debtorrent.archive.release import parse_release
     from debtorrent.cache import Cache
     from debtorrent.torrent.layout import LAYOUT1_PIECE_LENGTH, Layout
     from debtorrent.torrent.metainfo import swarm_info_hash
-    from debtorrent.torrent.packages import PackageSwarm
     from debtorrent.torrent.session import SessionSettings
 
     class StandInSession:  # what Swarm/PackageSwarm.__init__ read of a session

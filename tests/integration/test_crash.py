@@ -49,14 +49,13 @@ import pytest
 from debtorrent.archive.packages import scan_packages
 from debtorrent.torrent import wire
 from debtorrent.torrent.layout import BLOCK_SIZE, LAYOUT1_PIECE_LENGTH, Layout
-from debtorrent.torrent.metainfo import swarm_info_hash
 from tests.fixtures.apt import AptClient, AptResult
 from tests.fixtures.daemon import Daemon
 from tests.fixtures.helpers import sha256_file, wait_until
 from tests.fixtures.mirror import MirrorServer
 from tests.fixtures.net import loopback_aliases_usable
 from tests.fixtures.peer import WirePeer
-from tests.fixtures.repo import COMPONENT, ORIGIN, Repo
+from tests.fixtures.repo import Repo
 
 SEED_ENV = "DEBTORRENT_CRASH_SEED"
 ROUNDS_ENV = "DEBTORRENT_CRASH_ROUNDS"
@@ -80,9 +79,7 @@ def status(d: Daemon) -> dict:
 
 
 def swarm_hash(repo: Repo) -> bytes:
-    return swarm_info_hash(
-        ORIGIN, repo.codename, COMPONENT, repo.arch, bytes.fromhex(repo.packages_sha256())
-    )
+    return repo.swarm_hash()
 
 
 class Published:

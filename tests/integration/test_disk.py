@@ -43,13 +43,12 @@ import pytest
 from debtorrent.archive.packages import scan_packages
 from debtorrent.torrent import wire
 from debtorrent.torrent.layout import LAYOUT1_PIECE_LENGTH, Layout
-from debtorrent.torrent.metainfo import swarm_info_hash
 from tests.fixtures.daemon import Daemon
 from tests.fixtures.helpers import deb_target, sha256_file, wait_until
 from tests.fixtures.mirror import MirrorServer
 from tests.fixtures.net import loopback_aliases_usable
 from tests.fixtures.peer import WirePeer
-from tests.fixtures.repo import COMPONENT, ORIGIN, MiB, PackageInfo, PackageSpec, Repo, build_repo
+from tests.fixtures.repo import MiB, PackageInfo, PackageSpec, Repo, build_repo
 
 pytestmark = pytest.mark.skipif(
     not loopback_aliases_usable(), reason="needs distinct 127.0.0.x addresses"
@@ -123,9 +122,7 @@ def _swarm_layout(repo: Repo, filenames: set[str]) -> tuple[str, int, Layout]:
     data = repo.packages_index().read_bytes()
     index = scan_packages(data, hashlib.sha256(data).hexdigest())
     layout = Layout.file_aligned(list(index.sizes), LAYOUT1_PIECE_LENGTH)
-    ih = swarm_info_hash(
-        ORIGIN, repo.codename, COMPONENT, repo.arch, bytes.fromhex(repo.packages_sha256())
-    )
+    ih = repo.swarm_hash()
     n = sum(len(layout.file_pieces(index.positions[f])) for f in filenames)
     return ih.hex(), n, layout
 

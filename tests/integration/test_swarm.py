@@ -26,13 +26,12 @@ import urllib.request
 
 import pytest
 
-from debtorrent.torrent.metainfo import swarm_info_hash
 from tests.fixtures.apt import AptClient, AptResult
 from tests.fixtures.daemon import Daemon
 from tests.fixtures.helpers import wait_until
 from tests.fixtures.mirror import MirrorServer
 from tests.fixtures.net import free_port, loopback_aliases_usable
-from tests.fixtures.repo import COMPONENT, ORIGIN, MiB, Repo
+from tests.fixtures.repo import MiB, Repo
 from tests.fixtures.tracker import Tracker
 
 pytestmark = pytest.mark.skipif(
@@ -67,9 +66,7 @@ def check_debs(apt: AptClient, repo: Repo, names: set[str]) -> None:
 
 def swarm_hash(repo: Repo) -> bytes:
     """The swarm identity of the repo's index, as every daemon derives it."""
-    return swarm_info_hash(
-        ORIGIN, repo.codename, COMPONENT, repo.arch, bytes.fromhex(repo.packages_sha256())
-    )
+    return repo.swarm_hash()
 
 
 def deb_gets(mirror: MirrorServer) -> dict[str, list]:

@@ -22,11 +22,11 @@ from debtorrent.torrent.metainfo import (
     create_torrent,
     load_torrent,
     parse_torrent,
-    swarm_info,
-    swarm_info_hash,
-    swarm_name,
+    suite_info,
+    suite_info_hash,
+    suite_name,
 )
-from debtorrent.torrent.packages import swarm_identity
+from debtorrent.torrent.suite import suite_identity
 
 KIB = 1024
 SHA = hashlib.sha256(b"Packages").digest()
@@ -300,39 +300,24 @@ def test_create_torrent_refuses(tmp_path: Path) -> None:
         create_torrent(tmp_path, 16 * KIB, files=["../f"])
 
 
-# --- Packages swarms ----------------------------------------------------------------------------
+# --- suite swarms (layout 2) -----------------------------------------------------------------
 
 
-def test_swarm_info_exact_bytes() -> None:
-    info = swarm_info("Debian", "bookworm", "main", "amd64", SHA)
-    assert info == {
-        b"name": b"Debian_bookworm_main_binary-amd64",
-        b"packages-sha256": SHA,
-        b"piece length": 262144,
-        b"layout": 1,
-    }
-    expected = (
-        b"d6:layouti1e4:name33:Debian_bookworm_main_binary-amd64"
-        b"15:packages-sha25632:" + SHA + b"12:piece lengthi262144ee"
-    )
-    assert bencode.encode(info) == expected
-    assert swarm_info_hash("Debian", "bookworm", "main", "amd64", SHA) == (
-        hashlib.sha1(expected).digest()
-    )
+def test_suite_info_exact_bytes() -> None:
+    name = suite_name("Debian", "bookworm-security", "main")
+    assert name == "Debian_bookworm-security_main"
+    expected = b"d6:layouti2e4:name29:Debian_bookworm-security_maine"
+    assert bencode.encode(suite_info(name)) == expected
+    assert suite_info_hash(name) == hashlib.sha1(expected).digest()
 
 
-def test_swarm_identity_depends_on_every_input_and_nothing_else() -> None:
-    base = ("Debian", "bookworm", "main", "amd64", SHA)
-    h = swarm_info_hash(*base)
-    assert swarm_info_hash(*base) == h  # deterministic
-    variants = [
-        ("Ubuntu", *base[1:]),
-        (base[0], "trixie", *base[2:]),
-        (*base[:2], "contrib", *base[3:]),
-        (*base[:3], "arm64", base[4]),
-        (*base[:4], hashlib.sha256(b"other").digest()),
-    ]
-    assert len({swarm_info_hash(*v) for v in variants} | {h}) == len(variants) + 1
+def test_suite_name_keeps_its_three_parts_apart() -> None:
+    assert suite_name("Debian", "bookworm", "updates/main") == "Debian_bookworm_updates-main"
+    assert suite_name("My_Org", "stable", "main") == "My-Org_stable_main"
+    with pytest.raises(MetainfoError):
+        suite_name("", "bookworm", "main")
+    with pytest.raises(MetainfoError):
+        suite_name("Debian", "book\nworm", "main")
 
 
 def _packages(entries: list[tuple[str, int, bytes]]) -> bytes:
@@ -342,49 +327,53 @@ def _packages(entries: list[tuple[str, int, bytes]]) -> bytes:
     ).encode()
 
 
-def test_swarm_from_an_index_is_deterministic_and_mirror_independent(tmp_path: Path) -> None:
-    """The same Packages seen through two mirrors is one swarm: same info hash, same
-    layout; the mirror's name appears nowhere in what is hashed."""
-    packages = _packages([("pool/main/h/hello/hello_2.10-3_amd64.deb", 53_000, SHA)])
+def _loaded(tmp_path: Path, mirror: str, arch: str, files: list[tuple[str, int, bytes]]):
+    packages = _packages(files)
     release = (
         "Origin: Debian\nCodename: bookworm\nSHA256:\n"
-        f" {hashlib.sha256(packages).hexdigest()} {len(packages)} main/binary-amd64/Packages\n"
+        f" {hashlib.sha256(packages).hexdigest()} {len(packages)} main/binary-{arch}/Packages\n"
     ).encode()
-    identities = []
-    for mirror in ("deb.example.org", "mirror.example.net:8080"):
-        archive = Archive(Cache(tmp_path / mirror.replace(":", "_")))
-        archive.add_release(mirror, "debian/dists/bookworm/InRelease", release)
-        loaded = archive.add_packages(
-            mirror, "debian/dists/bookworm/main/binary-amd64/Packages", packages
+    archive = Archive(Cache(tmp_path / mirror.replace(":", "_") / arch))
+    archive.add_release(mirror, "debian/dists/bookworm/InRelease", release)
+    return archive.add_packages(
+        mirror, f"debian/dists/bookworm/main/binary-{arch}/Packages", packages
+    )
+
+
+def test_a_suite_is_one_swarm_whatever_the_mirror_architecture_or_index_version(
+    tmp_path: Path,
+) -> None:
+    """Two mirrors, two architectures, two index versions: one info hash, in which no
+    mirror, architecture or index digest appears."""
+    v1 = [("pool/main/h/hello/hello_2.10-3_amd64.deb", 53_000, SHA)]
+    v2 = [*v1, ("pool/main/t/tree/tree_2.1_amd64.deb", 40_000, hashlib.sha256(b"t").digest())]
+    identities = {
+        suite_identity(_loaded(tmp_path / f"{i}", mirror, arch, files))
+        for i, (mirror, arch, files) in enumerate(
+            (m, a, f)
+            for m in ("deb.example.org", "mirror.example.net:8080")
+            for a in ("amd64", "arm64")
+            for f in (v1, v2)
         )
-        info_hash, layout = swarm_identity(loaded)
-        identities.append((info_hash, layout.num_pieces, loaded.name))
-    expected = swarm_info_hash(
-        "Debian", "bookworm", "main", "amd64", hashlib.sha256(packages).digest()
-    )
-    assert identities[0] == identities[1] == (expected, 1, "Debian_bookworm_main_binary-amd64")
-    info = swarm_info("Debian", "bookworm", "main", "amd64", hashlib.sha256(packages).digest())
-    assert b"example" not in bencode.encode(info)
+    }
+    assert len(identities) == 1
+    (identity,) = identities
+    assert identity.name == "Debian_bookworm_main"
+    assert identity.info_hash == suite_info_hash("Debian_bookworm_main")
+    assert b"example" not in bencode.encode(suite_info(identity.name))
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ("", "bookworm", "main", "amd64", SHA),
-        ("Debian", "book\nworm", "main", "amd64", SHA),
-        ("Debian", "bookworm", "main", "amd64", SHA[:31]),
-        ("Debian", "bookworm", "main", "amd64", SHA.hex()),
-    ],
-)
-def test_swarm_info_refuses(args: tuple[Any, ...]) -> None:
-    with pytest.raises(MetainfoError):
-        swarm_info(*args)
-
-
-def test_swarm_name() -> None:
-    assert swarm_name("Debian", "bookworm-security", "updates/main", "i386") == (
-        "Debian_bookworm-security_updates/main_binary-i386"
-    )
+def test_suite_identity_depends_on_origin_codename_and_component() -> None:
+    names = [
+        suite_name(*parts)
+        for parts in [
+            ("Debian", "bookworm", "main"),
+            ("Ubuntu", "bookworm", "main"),
+            ("Debian", "trixie", "main"),
+            ("Debian", "bookworm", "contrib"),
+        ]
+    ]
+    assert len({suite_info_hash(n) for n in names}) == 4
 
 
 def sha(n: int) -> bytes:

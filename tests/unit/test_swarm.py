@@ -1,9 +1,10 @@
-"""Swarms (``torrent/swarm.py``, ``torrent/packages.py``) driven through peer connections.
+"""Swarms (``torrent/swarm.py``, ``torrent/suite.py``) driven through peer connections.
 
 A v1 :class:`TorrentSwarm` for the generic block flow (smart ban, availability, the
-allowed-fast restriction), and a :class:`PackageSwarm` built from a small ``Packages``
-index for the hash-list protocol: a relay whose copy failed at its source is dropped,
-not banned; a peer whose list lies is still banned.
+allowed-fast restriction), and a :class:`SuiteSwarm` built from a small ``Packages``
+index for the file plane and the hash-list protocol: a relay whose copy failed at its
+source is dropped, not banned; a peer whose list lies is still banned; BEP 3 piece
+messages and pieces of unknown files are protocol errors.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from debtorrent.archive.indexes import LoadedIndex
 from debtorrent.archive.packages import scan_packages
 from debtorrent.archive.release import ReleaseInfo
 from debtorrent.cache import Cache
+from debtorrent.torrent import filewire as fw
 from debtorrent.torrent import wire
-from debtorrent.torrent.packages import PackageSwarm
 from debtorrent.torrent.picker import PieceSet
 from debtorrent.torrent.session import Session
+from debtorrent.torrent.suite import SuiteSwarm, suite_identity
 from debtorrent.torrent.swarm import TorrentSwarm
 from tests.fixtures.engine import (
     RemotePeer,
@@ -43,11 +45,11 @@ def session() -> Iterator[Session]:
         yield s
 
 
-# --- a package swarm of one four-piece file ---------------------------------------------------
+# --- a suite swarm of one four-piece file, and a relay speaking the file plane ---------------
 
 
 class Package:
-    """A four-piece file, its index, a swarm over it, and a bad copy of it."""
+    """A four-piece file, its index, a suite swarm over it, and a bad copy of it."""
 
     def __init__(self, base: Path, session: Session) -> None:
         rng = random.Random(7)
@@ -55,9 +57,10 @@ class Package:
         bad = bytearray(self.good)
         bad[PIECE + 5] ^= 0xFF  # piece 1 differs
         self.bad = bytes(bad)
+        self.sha = hashlib.sha256(self.good).digest()
         text = (
             f"Package: dt-x\nVersion: 1.0\nFilename: {FILE}\nSize: {len(self.good)}\n"
-            f"SHA256: {hashlib.sha256(self.good).hexdigest()}\n\n"
+            f"SHA256: {self.sha.hex()}\n\n"
         ).encode()
         release = ReleaseInfo(
             dist="debian/dists/bookworm",
@@ -77,7 +80,8 @@ class Package:
             arch="all",
             index=scan_packages(text),
         )
-        self.swarm = PackageSwarm(session, loaded, Cache(base / "cache"))
+        self.swarm = SuiteSwarm(session, suite_identity(loaded), Cache(base / "cache"))
+        self.swarm.add_index(loaded)
 
     @staticmethod
     def hashes(data: bytes, pieces: int) -> bytes:
@@ -86,37 +90,43 @@ class Package:
         )
 
 
+#: the ids the relay gives the file plane's extensions (ours are wire.LOCAL_EXTENSIONS)
+RELAY_IDS = {name: 20 + i for i, name in enumerate(fw.NAMES)}
+RELAY_NAMES = {v: k for k, v in RELAY_IDS.items()}
+
+
 class Relay:
-    """The remote daemon: says it fetches the file, gives its hash list and pieces."""
+    """The remote daemon: says it fetches the file, gives its hash list and pieces, all
+    in file-plane messages (files by SHA256, pieces counted within the file)."""
 
     def __init__(self, package: Package, remote: RemotePeer) -> None:
         self.remote = remote
+        self.sha = package.sha
         self.data = package.bad
         self.pieces = 3  # what it has and has hashed so far
         self._seen = 0
         self._greenlet = gevent.spawn(self._serve)
 
-    def send_ext(self, name: str, payload: dict) -> None:
-        local = {"dt_hashes": 1, "dt_fetching": 2}[name]  # the ids the swarm announces
-        self.remote.send(wire.Extended(local, payload))
+    def send(self, msg: object) -> None:
+        name, payload, trailing = fw.encode(msg)
+        self.remote.send(wire.Extended(wire.LOCAL_EXTENSIONS[name], payload, trailing))
 
     def have(self) -> None:
-        bits = PieceSet(4)
-        for p in range(self.pieces):
-            bits.add(p)
-        self.remote.send(wire.Bitfield(bits.to_bytes()))
+        self.send(fw.Have(self.sha, tuple(range(self.pieces))))
 
     def _serve(self) -> None:
         while True:
             for msg in self.remote.received[self._seen :]:
                 self._seen += 1
-                if isinstance(msg, wire.Request) and msg.index < self.pieces:
-                    start = msg.index * PIECE + msg.begin
-                    block = self.data[start : start + msg.length]
-                    self.remote.send(wire.Piece(msg.index, msg.begin, block))
-                elif isinstance(msg, wire.Extended) and msg.ext_id == 3:  # our dt_hashes
-                    reply = wire.HashesReply(0, Package.hashes(self.data, self.pieces))
-                    self.send_ext("dt_hashes", wire.encode_dt_hashes(reply))
+                if not isinstance(msg, wire.Extended) or msg.ext_id not in RELAY_NAMES:
+                    continue
+                got = fw.decode(RELAY_NAMES[msg.ext_id], msg.payload, msg.trailing)
+                if isinstance(got, fw.Request) and got.piece < self.pieces:
+                    start = got.piece * PIECE + got.offset
+                    block = self.data[start : start + got.length]
+                    self.send(fw.Piece(got.sha256, got.piece, got.offset, block))
+                elif isinstance(got, fw.HashesRequest):
+                    self.send(fw.HashesReply(got.sha256, Package.hashes(self.data, self.pieces)))
             gevent.sleep(0.005)
 
     def stop(self) -> None:
@@ -133,15 +143,15 @@ def package(tmp_path: Path, session: Session) -> Iterator[Package]:
 def relay_of(package: Package) -> tuple[Relay, object]:
     swarm = package.swarm
     peer, remote, _ = connect_pair(swarm)
-    handshake = wire.ExtensionHandshake(m={"dt_hashes": 3, "dt_fetching": 4}, v="relay")
+    handshake = wire.ExtensionHandshake(m=dict(RELAY_IDS), v="relay")
     remote.send(handshake.message())
     wait_for(lambda: peer.extensions, what="the extension handshake")
-    assert peer.extensions == {"dt_hashes": 3, "dt_fetching": 4}
+    assert peer.extensions == RELAY_IDS
     relay = Relay(package, remote)
-    relay.send_ext("dt_fetching", wire.encode_dt_fetching(wire.FetchStarted(0, 1)))
+    relay.send(fw.FetchStarted(package.sha, 1))
     relay.have()
     remote.send(wire.Unchoke())
-    wait_for(lambda: swarm.peer_fetching.get(0) and not peer.peer_choking, what="the relay")
+    wait_for(lambda: swarm.claims.fetching(0) and not peer.peer_choking, what="the relay")
     return relay, peer
 
 
@@ -150,21 +160,15 @@ def test_a_relay_whose_copy_failed_at_the_source_is_not_banned(
 ) -> None:
     """The relay fetched the file from a mirror that sent a bad piece 1, gave us its list
     and three pieces, then found the whole file bad and says so. We drop what came from
-    it and do not ban it; its good second copy then completes the file.
-
-    Before: the flag did not exist; we kept the bad list, so the relay's good copy
-    disagreed with it, and the file was judged against the bad list: the relay banned
-    ("its hash list gave a file failing the index SHA256") or the download stuck.
-    """
+    it and do not ban it; its good second copy then completes the file."""
     relay, peer = relay_of(package)  # first: the file is being fetched by a peer
     request = package.swarm.request(0)
     swarm = package.swarm
     wait_for(lambda: all(p in swarm.have for p in range(3)), what="three pieces from the relay")
-    # the relay's whole-file check failed: it tells us, then fetches a good copy
-    relay.send_ext("dt_fetching", {"msg_type": 2, "file": 0, "failed": 1})  # as on the wire
+    relay.send(fw.FetchAborted(package.sha, failed=True))  # its whole-file check failed
     relay.data, relay.pieces = package.good, 4
     wait_for(lambda: 1 not in swarm.have, what="the relay's pieces dropped")
-    relay.send_ext("dt_fetching", wire.encode_dt_fetching(wire.FetchFinished(0)))
+    relay.send(fw.FetchFinished(package.sha))
     relay.have()
     retry = swarm.requests.get(0)
     assert request.error is not None  # readers of the bad bytes were cut
@@ -187,6 +191,31 @@ def test_a_peer_whose_hash_list_lies_is_still_banned(package: Package, session: 
     assert isinstance(request.error, Exception)
     assert session.is_banned(peer.address[0])
     assert peer.closed
+
+
+def test_bep3_piece_messages_in_a_suite_swarm_are_protocol_errors(
+    package: Package, session: Session
+) -> None:
+    """Piece numbers mean nothing between two daemons of a suite swarm: a BEP 3 have,
+    bitfield or request is struck and the connection closed."""
+    peer, remote, _ = connect_pair(package.swarm)
+    remote.send(wire.HaveAll())
+    wait_for(lambda: peer.closed, what="the connection closed")
+    assert session.counters["protocol_errors"] == 1
+    assert len(peer.has) == 0
+
+
+def test_a_piece_of_a_file_nobody_asked_for_is_a_protocol_error(
+    package: Package, session: Session
+) -> None:
+    peer, remote, _ = connect_pair(package.swarm)
+    remote.send(wire.ExtensionHandshake(m=dict(RELAY_IDS)).message())
+    wait_for(lambda: peer.extensions, what="the extension handshake")
+    stranger = hashlib.sha256(b"not in any index").digest()
+    name, payload, trailing = fw.encode(fw.Piece(stranger, 0, 0, b"x" * 100))
+    remote.send(wire.Extended(wire.LOCAL_EXTENSIONS[name], payload, trailing))
+    wait_for(lambda: peer.closed, what="the connection closed")
+    assert session.counters["protocol_errors"] == 1
 
 
 # --- the generic block flow (v1) ---------------------------------------------------------------

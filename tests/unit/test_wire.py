@@ -20,14 +20,7 @@ from debtorrent.torrent.wire import (
     Decoder,
     Extended,
     ExtensionHandshake,
-    FetchAborted,
-    FetchClaim,
-    FetchFinished,
-    FetchStarted,
     Handshake,
-    HashesReject,
-    HashesReply,
-    HashesRequest,
     Have,
     HaveAll,
     HaveNone,
@@ -364,8 +357,11 @@ def test_extension_handshake_round_trip() -> None:
     assert isinstance(msg, Extended) and msg.ext_id == 0
     theirs = ExtensionHandshake.parse(msg.payload)
     assert theirs == ExtensionHandshake(
-        m={"dt_hashes": 1, "dt_fetching": 2}, v=wire.CLIENT_VERSION, p=6881, reqq=250
+        m=dict(wire.LOCAL_EXTENSIONS), v=wire.CLIENT_VERSION, p=6881, reqq=250
     )
+    # the file plane of suite swarms (docs/layout2.md), each with its own id
+    assert set(wire.LOCAL_EXTENSIONS) >= {"dt_files", "dt_piece", "dt_hashes", "dt_fetching"}
+    assert len(set(wire.LOCAL_EXTENSIONS.values())) == len(wire.LOCAL_EXTENSIONS)
 
 
 def test_extension_handshake_parse_is_strict_on_m_lenient_on_the_rest() -> None:
@@ -385,101 +381,3 @@ def test_extension_handshake_parse_is_strict_on_m_lenient_on_the_rest() -> None:
     for bad in ({b"m": [1]}, {b"m": {b"x": 256}}, {b"m": {b"x": b"1"}}, {b"m": {b"x": -1}}):
         with pytest.raises(ProtocolError):
             ExtensionHandshake.parse(bad)
-
-
-# --- dt_hashes and dt_fetching -------------------------------------------------------------
-
-
-def through_wire(payload: dict[str, Any]) -> Any:
-    [msg] = decode_all(wire.encode(Extended(1, payload)))
-    return msg.payload
-
-
-@pytest.mark.parametrize(
-    "msg", [HashesRequest(3), HashesReply(3, bytes(range(32)) * 2), HashesReject(0)]
-)
-def test_dt_hashes_round_trip(msg: Any) -> None:
-    payload = through_wire(wire.encode_dt_hashes(msg))
-    assert wire.decode_dt_hashes(payload, num_files=4, file_pieces=lambda f: 2) == msg
-
-
-def test_dt_hashes_reply_splits_hashes() -> None:
-    reply = HashesReply(0, b"a" * 32 + b"b" * 32)
-    assert reply.piece_hashes() == [b"a" * 32, b"b" * 32]
-
-
-@pytest.mark.parametrize(
-    "payload",
-    [
-        [],
-        {},
-        {b"msg_type": 3, b"file": 0},
-        {b"msg_type": -1, b"file": 0},
-        {b"msg_type": b"0", b"file": 0},
-        {b"msg_type": 0},
-        {b"msg_type": 0, b"file": 4},
-        {b"msg_type": 0, b"file": -1},
-        {b"msg_type": 1, b"file": 0},
-        {b"msg_type": 1, b"file": 0, b"hashes": b""},
-        {b"msg_type": 1, b"file": 0, b"hashes": b"x" * 33},
-        {b"msg_type": 1, b"file": 0, b"hashes": b"x" * 96},  # file has 2 pieces
-        {b"msg_type": 1, b"file": 0, b"hashes": [b"x" * 32]},
-    ],
-)
-def test_dt_hashes_refused(payload: Any) -> None:
-    with pytest.raises(ProtocolError):
-        wire.decode_dt_hashes(payload, num_files=4, file_pieces=lambda f: 2)
-
-
-def test_dt_hashes_ignores_extra_keys() -> None:
-    payload = {b"msg_type": 0, b"file": 1, b"zz-later": b"x"}
-    assert wire.decode_dt_hashes(payload, num_files=2) == HashesRequest(1)
-
-
-@pytest.mark.parametrize(
-    "msg",
-    [FetchStarted(7, 1_764_000_000_123), FetchFinished(7), FetchAborted(0), FetchAborted(3, True)],
-)
-def test_dt_fetching_round_trip(msg: Any) -> None:
-    payload = through_wire(wire.encode_dt_fetching(msg))
-    assert wire.decode_dt_fetching(payload, num_files=8) == msg
-
-
-@pytest.mark.parametrize(
-    "payload",
-    [
-        {b"msg_type": 0, b"file": 1},
-        {b"msg_type": 0, b"file": 1, b"t": -5},
-        {b"msg_type": 0, b"file": 1, b"t": 2**63},
-        {b"msg_type": 0, b"file": 1, b"t": b"now"},
-        {b"msg_type": 1, b"file": 8},
-        {b"msg_type": 5, b"file": 1},
-        b"x",
-    ],
-)
-def test_dt_fetching_refused(payload: Any) -> None:
-    with pytest.raises(ProtocolError):
-        wire.decode_dt_fetching(payload, num_files=8)
-
-
-def test_fetch_winner_earliest_then_lowest_peer_id() -> None:
-    a = FetchClaim(1000, b"-DT0100-bbbbbbbbbbbb")
-    b = FetchClaim(1001, b"-DT0100-aaaaaaaaaaaa")
-    c = FetchClaim(1000, b"-DT0100-aaaaaaaaaaaa")
-    assert wire.fetch_winner([a, b]) == a
-    assert wire.fetch_winner([a, c]) == c  # same instant: the lower peer id
-    # Every daemon, whatever order it heard the claims in, picks the same one.
-    for order in ([a, b, c], [c, b, a], [b, a, c]):
-        assert wire.fetch_winner(order) == c
-    with pytest.raises(ValueError):
-        wire.fetch_winner([])
-
-
-def test_dt_fetching_failed_flag_is_a_plain_abort_to_older_peers() -> None:
-    """The "failed at the source" flag is an extra key: a peer that predates it reads a
-    plain abort (unknown keys are ignored), so a mixed fleet keeps talking."""
-    payload = wire.encode_dt_fetching(FetchAborted(2, failed=True))
-    assert payload == {"msg_type": 2, "file": 2, "failed": 1}
-    assert wire.encode_dt_fetching(FetchAborted(2)) == {"msg_type": 2, "file": 2}
-    older = {k.encode(): v for k, v in payload.items() if k != "failed"}
-    assert wire.decode_dt_fetching(older, num_files=3) == FetchAborted(2)
