@@ -37,7 +37,7 @@ from debtorrent.archive.packages import COMPRESSIONS, decompress, scan_packages
 from debtorrent.archive.release import parse_release, strip_signature
 from debtorrent.config import load_config
 from debtorrent.errors import BadIndexError, ProtocolError
-from debtorrent.torrent import wire
+from debtorrent.torrent import filewire, wire
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -485,24 +485,22 @@ def test_extension_handshake_parses_or_is_a_protocol_error(payload: dict) -> Non
 
 
 @FUZZ
-@given(payloads | bencoded, st.integers(0, 5), st.booleans())
-def test_dt_messages_decode_or_are_a_protocol_error(payload: Any, files: int, pieces: bool) -> None:
+@given(st.sampled_from(filewire.NAMES), payloads | bencoded, st.binary(max_size=40))
+def test_file_plane_messages_decode_or_are_a_protocol_error(
+    name: str, payload: Any, trailing: bytes
+) -> None:
     try:
-        msg = wire.decode_dt_hashes(
-            payload, num_files=files, file_pieces=(lambda i: 2) if pieces else None
-        )
-        assert 0 <= msg.file_index < files
-        if isinstance(msg, wire.HashesReply):
-            assert msg.hashes and len(msg.hashes) % 32 == 0
+        msg = filewire.decode(name, payload, trailing)
     except ProtocolError:
-        pass
-    try:
-        msg = wire.decode_dt_fetching(payload, num_files=files)
-        assert 0 <= msg.file_index < files
-        if isinstance(msg, wire.FetchStarted):
-            assert 0 <= msg.started_ms < 1 << 63
-    except ProtocolError:
-        pass
+        return
+    digest = getattr(msg, "sha256", None)
+    assert digest is None or len(digest) == 32
+    if isinstance(msg, filewire.HashesReply):
+        assert msg.hashes and len(msg.hashes) % 32 == 0
+    if isinstance(msg, filewire.FetchStarted):
+        assert 0 <= msg.started_ms < 1 << 63
+    if isinstance(msg, (filewire.Request, filewire.Piece)):
+        assert msg.offset % 16384 == 0 and 0 <= msg.piece < filewire.MAX_PIECE
 
 
 # ---- each error type reaches apt as a clear HTTP status ------------------------------------------
