@@ -190,6 +190,12 @@ class FilePlane:
             raise ProtocolError(f"dt_files: more than {MAX_KNOWN_PREFIXES} files")
         self._gain_files(gained)
 
+    def drop_file(self, file: int) -> None:
+        """What the peer announced of a file is void (it failed at the peer's source):
+        neither its pieces nor the whole file count, until announced again."""
+        self.files.discard(file)
+        self.swarm.peer_lost(self.peer, list(self.swarm.layout.file_pieces(file)))
+
     def _gain_files(self, files: list[int]) -> None:
         if not files:
             return

@@ -519,6 +519,11 @@ class Picker:
         self._forget(piece)
         return senders
 
+    def reset(self, piece: int) -> None:
+        """Forget what was received or requested of *piece* (its data was dropped: a file
+        reset after a failed check); it is picked from scratch."""
+        self._forget(piece)
+
     def _forget(self, piece: int) -> None:
         state = self._partial.pop(piece, None)
         if state is None:

@@ -478,8 +478,9 @@ class SuiteSwarm(Swarm):
         """The mirror fetch ended (complete, left to another daemon, or failed)."""
         file = fetch.file_index
         self.picker.drop_peer(fetch)  # what it claimed and did not bring is free again
-        if self.fetches.get(file) is fetch:
-            del self.fetches[file]
+        if self.fetches.get(file) is not fetch:
+            return  # stopped for a retry of its bad copy: the new attempt speaks now
+        del self.fetches[file]
         sha = self.file_sha256(file)
         self._send_all(fw.FetchFinished(sha) if error is None else fw.FetchAborted(sha))
         request = self.requests.get(file)
@@ -610,9 +611,7 @@ class SuiteSwarm(Swarm):
         """*peer* says its copy of a file failed at its source: what it announced of it
         and the list it gave are void. Dropped, not punished: an honest relay of a bad
         mirror is no liar (one whose list fails here unannounced still is)."""
-        for piece in self.layout.file_pieces(file):
-            if peer.has.discard(piece):
-                self.picker.dec_availability(piece)
+        peer.plane.drop_file(file)
         if self.hashlists.giver(file) is not peer:
             return
         log.info("%s: %s says %s failed at its source", self, peer, self._name(file))
@@ -628,10 +627,16 @@ class SuiteSwarm(Swarm):
         self.hashlists.drop(file)
 
     def _reset_file(self, file: int) -> None:
+        """Drop every byte of a file we hold: data, pieces had, blocks half-received
+        (the picker must not count blocks whose bytes are gone)."""
+        if self.file_complete(file):  # announced whole: peers must not ask us for it
+            for peer in list(self.peers):
+                peer.plane.retract_files([file])
         self.store.discard(file)
         for piece in self.layout.file_pieces(file):
             self.have.discard(piece)
             self._pending.pop(piece, None)
+            self.picker.reset(piece)
         self.hashlists.drop(file)
 
     def _fail(self, file: int, error: DebtorrentError) -> None:
