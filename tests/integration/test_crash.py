@@ -47,6 +47,7 @@ from pathlib import Path
 import pytest
 
 from debtorrent.archive.packages import scan_packages
+from debtorrent.torrent import filewire as fw
 from debtorrent.torrent import wire
 from debtorrent.torrent.layout import BLOCK_SIZE, LAYOUT1_PIECE_LENGTH, Layout
 from tests.fixtures.apt import AptClient, AptResult
@@ -150,49 +151,35 @@ class SwarmView:
         return out
 
 
-FAST = bytes([0, 0, 0, 0, 0, 0, 0, 0x04])  # reserved bytes with the BEP 6 bit
-
-
-def bits_to_pieces(bits: bytes, num_pieces: int) -> set[int]:
-    return {i for i in range(num_pieces) if bits[i // 8] & (0x80 >> (i % 8))}
-
-
 def probe_seed(d: Daemon, view: SwarmView, complete: set[str], rng: random.Random) -> str:
-    """Connect as a peer: the bitfield must be exactly the complete files' pieces, and a
-    block of one of them must come back byte-exact. Returns what was checked."""
-    expected = view.pieces_of(complete)
+    """Connect as a peer of the suite swarm: the files it offers (dt_files) must be
+    exactly the complete ones, and a block of one of them must come back byte-exact."""
+    expected = {view.index.lookup(f).sha256[:8] for f in complete}
     layout = view.layout
-    # with nothing to offer, a BEP 6 peer is told so (have none): the probe waits for
-    # that answer, where a plain peer would get silence and a guess at how long to wait
-    reserved = b"\0" * 8 if expected else FAST
-    with WirePeer(d.bind, d.peer_port, num_pieces=layout.num_pieces, timeout=5) as peer:
-        hs = peer.handshake(view.info_hash, reserved=reserved)
-        assert hs is not None and hs.info_hash == view.info_hash, "no handshake for the swarm"
-        if not expected:
-            peer.wait_for(wire.HaveNone)
-            offered = [m for m in peer.received if isinstance(m, (wire.Bitfield, wire.HaveAll))]
-            assert not offered, offered
-            return "no complete file: have none"
-        bitfield = peer.wait_for(wire.Bitfield)
-        had = bits_to_pieces(bitfield.bits, layout.num_pieces)
-        assert had == expected, (
-            f"bitfield has {len(had)} pieces, the complete files have {len(expected)}: "
-            f"extra {sorted(had - expected)[:10]}, missing {sorted(expected - had)[:10]}"
+    with WirePeer(d.bind, d.peer_port, num_pieces=0, timeout=5) as peer:
+        peer.join_files(view.info_hash)
+        offered = peer.offered()
+        assert offered == expected, (
+            f"offers {len(offered)} files, {len(expected)} are complete: "
+            f"extra {sorted(offered - expected)[:5]}, missing {sorted(expected - offered)[:5]}"
         )
+        if not expected:
+            return "no complete file: an empty dt_files"
         filename = rng.choice(sorted(complete & set(view.index.positions)))
+        entry = view.index.lookup(filename)
         pos = view.index.positions[filename]
-        piece = rng.choice(list(layout.file_pieces(pos)))
-        length = min(BLOCK_SIZE, layout.piece_size(piece))
+        pieces = layout.file_pieces(pos)
+        position = rng.randrange(len(pieces))
+        length = min(BLOCK_SIZE, layout.piece_size(pieces.start + position))
         peer.send(wire.Interested())
         peer.wait_for(wire.Unchoke, timeout=10)
-        peer.send(wire.Request(piece, 0, length))
-        block = peer.wait_for(wire.Piece, timeout=10, where=lambda m: m.index == piece)
-        offset = layout.piece_offset(piece) - layout.file_offset(pos)
+        peer.send_file(fw.Request(entry.sha256, position, 0, length))
+        block = peer.wait_file(fw.Piece, timeout=10, where=lambda m: m.sha256 == entry.sha256)
         with open(view.repo.root / filename, "rb") as f:
-            f.seek(offset)
+            f.seek(position * LAYOUT1_PIECE_LENGTH)
             want = f.read(length)
-        assert block.block == want, f"{filename} piece {piece}: wrong bytes from the seed"
-        return f"bitfield {len(had)} pieces, block of {filename.rsplit('/', 1)[1]} ok"
+        assert block.data == want, f"{filename} piece {position}: wrong bytes from the seed"
+        return f"offers {len(offered)} files, block of {filename.rsplit('/', 1)[1]} ok"
 
 
 def deb_gets(mirror: MirrorServer, client: str, since: float) -> list:

@@ -33,6 +33,7 @@ import pytest
 
 from debtorrent.archive.packages import scan_packages
 from debtorrent.policy import PeerTimeouts
+from debtorrent.torrent import filewire as fw
 from debtorrent.torrent import wire
 from debtorrent.torrent.layout import Layout
 from tests.conftest import require_tools
@@ -41,7 +42,7 @@ from tests.fixtures.daemon import Daemon
 from tests.fixtures.helpers import closed_by_peer, wait_until
 from tests.fixtures.mirror import MirrorServer
 from tests.fixtures.net import loopback_aliases_usable
-from tests.fixtures.peer import FakeSeed, WirePeer, make_peer_id
+from tests.fixtures.peer import FakeFileSeed, WirePeer, make_peer_id
 from tests.fixtures.repo import Repo
 
 pytestmark = pytest.mark.skipif(
@@ -345,28 +346,32 @@ def test_wrong_info_hash_is_closed_and_not_banned(target: Target) -> None:
 def test_requests_for_pieces_it_lacks_get_nothing_and_real_ones_are_served(
     target: Target,
 ) -> None:
-    """Unchoked, a request for a piece the daemon lacks is rejected (BEP 6), not served
-    and not an offence; on the same connection a request for its piece gets real bytes."""
+    """Unchoked, a request for a file the daemon lacks is rejected, not served and not an
+    offence; on the same connection a request for its cached file gets real bytes (the
+    file plane of a suite swarm: files by SHA256, pieces from 0 within the file)."""
     source = "127.0.0.132"
-    with under_attack(target, "requests for pieces it does not have"):
-        with handshaken(target, source, FAST) as p:
+    missing = target.repo.package("dt-big")
+    had = target.repo.package("dt-docs")
+    with under_attack(target, "requests for files it does not have"):
+        with target.peer(source) as p:
+            p.join_files(target.info_hash)
+            assert bytes.fromhex(had.sha256)[:8] in p.offered()
             p.send(wire.Interested())
             p.wait_for(wire.Unchoke, timeout=15)
-            missing = target.missing_piece()
-            p.send(wire.Request(missing, 0, min(16384, target.layout.piece_size(missing))))
-            reject = p.wait_for(wire.RejectRequest, timeout=5)
-            assert reject.index == missing
-            size = len(target.had_data)
-            p.send(wire.Request(target.had_piece, 0, size))
-            piece = p.wait_for(wire.Piece, timeout=5)
-            assert (piece.index, piece.begin, piece.block) == (
-                target.had_piece,
+            lacking = bytes.fromhex(missing.sha256)
+            p.send_file(fw.Request(lacking, 0, 0, 16384))
+            reject = p.wait_file(fw.Reject, timeout=5)
+            assert reject.sha256 == lacking
+            p.send_file(fw.Request(bytes.fromhex(had.sha256), 0, 0, len(target.had_data)))
+            piece = p.wait_file(fw.Piece, timeout=5)
+            assert (piece.sha256.hex(), piece.piece, piece.offset, piece.data) == (
+                had.sha256,
+                0,
                 0,
                 target.had_data,
             )
-            assert not any(isinstance(m, wire.Piece) and m.index == missing for m in p.received), (
-                "sent data for a piece it does not have"
-            )
+            sent = [m for m in p.file_messages() if isinstance(m, fw.Piece)]
+            assert all(m.sha256 != lacking for m in sent), "sent data of a file it lacks"
             assert not p.eof
     assert f"banned peer {source}" not in target.daemon.log_text()
 
@@ -602,10 +607,10 @@ def test_wrong_block_data_bans_the_sender_and_apt_gets_the_right_file(
     .deb (verifiable by the index SHA256): the liar's piece fails, the liar is banned
     at once (no three strikes), and the file comes from the mirror, intact."""
     liar_host = "127.0.0.161"
-    fake = FakeSeed(
+    fake = FakeFileSeed(
         target.info_hash,
-        target.num_pieces,
-        lambda index, begin, length: b"\x5a" * length,
+        [bytes.fromhex(p.sha256) for p in repo.packages],
+        lambda sha, piece, offset, length: b"\x5a" * length,
         host=liar_host,
     ).start()
     leech = Daemon(

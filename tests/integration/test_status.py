@@ -247,7 +247,7 @@ def test_fleet_download_in_chromium_json_and_metrics(
         for key in ("bytes_to_apt", "bytes_from_peers", "bytes_from_mirror", "bytes_uploaded"):
             assert snap["all_time"][key] == snap["totals"][key], key  # a fresh state dir
         (swarm,) = snap["swarms"]
-        assert swarm["name"] == f"{ORIGIN}_{repo.codename}_{COMPONENT}_binary-{repo.arch}"
+        assert swarm["name"] == f"{ORIGIN}_{repo.codename}_{COMPONENT}"  # layout 2: no arch
         assert swarm["files_complete"] == len(debs) and swarm["files_enabled"] == 0
         assert swarm["index_date"] and swarm["files"] == len(repo.package_names())
         # counted when the fixture's readiness probe (HEAD /) came, then at most every 30 s
