@@ -238,6 +238,7 @@ class FilePlane:
             if asked and file in self.files and not peer.peer_choking:
                 # it said it had the whole file, unchokes us, and will not send it
                 self._lose_files([file])
+                self.swarm.refused(peer, file)
                 raise ProtocolError("refused a block of a file it offered whole")
         else:
             peer.handle(wire.Piece(piece, msg.offset, msg.data))

@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 SMALL_FILE = LAYOUT1_PIECE_LENGTH  # files of one piece never wait for peers to connect
 SMALL_FILE_PATIENCE = 1.0  # seconds a small file may take from peers before the mirror races
 MAX_ATTEMPTS = 2  # whole-file failures before apt is told
+HASH_WAIT = 2.0  # seconds peers offering a larger file have to give its hash list
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ class SuiteSwarm(Swarm):
         self.created = time.monotonic()
         self.complete_files = 0
         self._verifiable = _Verifiable(self)
+        self._refusers: dict[int, set[str]] = {}  # file -> addresses that would not send it
 
     @property
     def wire_pieces(self) -> int:
@@ -402,10 +404,36 @@ class SuiteSwarm(Swarm):
         return time.monotonic() - self.created >= self.session.settings.connect_grace
 
     def _peers_may_supply(self, file: int) -> bool:
+        """Whether a connected peer fetches the file from the mirror, or offers pieces
+        of it we could check: pieces of a larger file count only while a hash list is
+        known or was asked for less than :data:`HASH_WAIT` seconds ago (a peer that
+        offers a file but no list would hold apt until the stall timer)."""
         if self.claims.fetching(file):
             return True
         pieces = self.layout.file_pieces(file)
-        return any(not peer.closed and any(p in peer.has for p in pieces) for peer in self.peers)
+        request = self.requests.get(file)
+        if (
+            len(pieces) > 1
+            and not self.hashlists.known(file)
+            and request is not None
+            and time.monotonic() - request.started >= HASH_WAIT
+        ):
+            return False
+        refusers = self._refusers.get(file, ())
+        return any(
+            not peer.closed
+            and peer.address[0] not in refusers
+            and any(p in peer.has for p in pieces)
+            for peer in self.peers
+        )
+
+    def refused(self, peer: PeerConnection, file: int) -> None:
+        """*peer* offered a file whole and would not send it: it no longer counts as a
+        source of that file (it may well connect again before it is banned), so the
+        mirror is not held back waiting for it."""
+        refusers = self._refusers.setdefault(file, set())
+        if len(refusers) < 64:
+            refusers.add(peer.address[0])
 
     def _bytes_done(self, file: int) -> int:
         pieces = self.layout.file_pieces(file)
