@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import queue
 import re
 import signal
 import socket
@@ -381,6 +382,61 @@ class RateRelay:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+class DelayRelay(RateRelay):
+    """A TCP relay that adds a round trip of ``rtt`` seconds to the path to ``upstream``
+    (half each way, on every byte, plus one round trip to open a connection): what a
+    real uplink to a distant mirror adds, where this kernel has no ``tc netem``.
+
+    Each direction queues what it reads with the moment it may go on, and one writer
+    per direction sends it then, so order and throughput are kept while latency grows.
+    """
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, listen: tuple[str, int], upstream: tuple[str, int], rtt: float) -> None:
+        self.rtt = rtt
+        super().__init__(listen, upstream, rate=float("inf"))
+
+    def _serve(self, client: socket.socket) -> None:
+        time.sleep(self.rtt)  # the upstream connection's own handshake
+        super()._serve(client)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, limited: bool) -> None:
+        pending: queue.Queue = queue.Queue()
+        writer = threading.Thread(target=self._deliver, args=(pending, dst), daemon=True)
+        writer.start()
+        try:
+            while True:
+                data = src.recv(self.CHUNK)
+                if not data:
+                    break
+                pending.put((time.monotonic() + self.rtt / 2, data))
+        except OSError:
+            pass
+        pending.put(None)
+        writer.join()
+        try:
+            src.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    @staticmethod
+    def _deliver(pending: queue.Queue, dst: socket.socket) -> None:
+        try:
+            while (item := pending.get()) is not None:
+                due, data = item
+                wait = due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                dst.sendall(data)
+        except OSError:
+            pass
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
 
 def machine_cpu() -> tuple[float, float]:

@@ -19,10 +19,12 @@ is loaded by daemon A while a client asks it for a cached ``.deb`` every few
 milliseconds; the worst answer time is printed (goal < 50 ms), with how many answers came
 while the index was still loading (status ``indexes_loading``).
 
-Delays other than 0 ms (``--delays 0,20,80``) need network namespaces: see
-``--help``; on loopback only 0 ms is measured.
+With a round trip added to the mirror (``--delays``, default 20 and 80 ms), the cold
+download through a fresh daemon is compared again with apt's direct one, both reaching
+nginx through the same relay (:class:`_fleetlib.DelayRelay`: this kernel has no
+``tc netem``), goal <= 1.1 at every delay.
 
-Usage: .venv/bin/python bench/speed.py [--rounds N] [--keep] [--strict]
+Usage: .venv/bin/python bench/speed.py [--rounds N] [--delays MS,...] [--keep] [--strict]
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ for p in (str(HERE), str(CHECKOUT)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from _fleetlib import Group, free_port, nginx_conf, read_access_log, wait_port  # noqa: E402
+from _fleetlib import DelayRelay, Group, free_port, nginx_conf, read_access_log, wait_port  # noqa: E402
 from common import require_tools  # noqa: E402
 from index import generate_packages  # noqa: E402
 
@@ -198,6 +200,25 @@ def deb_requests(log: Path, start: int) -> int:
     return sum(1 for row in read_access_log(log)[start:] if row["path"].endswith(".deb"))
 
 
+def cold_round(group: Group, work: Path, archive: Archive, mirror: str) -> tuple[float, float]:
+    """(direct, through a fresh daemon) seconds for the set's cold download, after an
+    update each, the mirror reached at ``mirror`` (a delaying relay for a round trip)."""
+    (a,) = start_daemons(group, work, ["127.0.0.2"])
+    try:
+        direct = apt_client(work / "apt-direct", archive, f"http://{mirror}/debian")
+        via_a = apt_client(work / "apt-a", archive, f"{a.base}/{mirror}/debian")
+        direct.update()
+        via_a.update()
+        t_direct = timed(direct.install_download_only, META)
+        t_daemon = timed(via_a.install_download_only, META)
+        for client in (direct, via_a):
+            if len(client.downloaded_debs()) != len(archive.names):
+                raise RuntimeError(f"{client.root}: {len(client.downloaded_debs())} .debs")
+        return t_direct, t_daemon
+    finally:
+        group.stop(a.proc)
+
+
 def one_round(group: Group, work: Path, archive: Archive, mirror: str, log: Path) -> Round:
     r = Round()
     a, b = start_daemons(group, work, ["127.0.0.2", "127.0.0.3"])
@@ -326,6 +347,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
+    parser.add_argument(
+        "--delays",
+        default="20,80",
+        help="round trips (ms) added to the mirror for the cold comparison (relay)",
+    )
     args = parser.parse_args()
     require_tools({"nginx": "nginx-light", "apt-get": "apt", "dpkg-deb": "dpkg", "gpg": "gnupg"})
     work = Path(tempfile.mkdtemp(prefix="dt-bench-speed-"))
@@ -377,6 +403,28 @@ def main() -> int:
             "warm": med["warm daemon"] / med["warm direct"],
             "overhead": statistics.median(r.overhead for r in rounds),
         }
+        delayed = {}
+        for ms in [int(x) for x in args.delays.split(",") if x.strip()]:
+            relay_port = free_port()
+            relay = DelayRelay(("127.0.0.1", relay_port), ("127.0.0.1", port), ms / 1000)
+            try:
+                pairs = []
+                for i in range(args.rounds):
+                    rwork = work / f"delay{ms}-{i}"
+                    rwork.mkdir()
+                    os.chmod(rwork, 0o755)
+                    pairs.append(cold_round(group, rwork, archive, f"127.0.0.1:{relay_port}"))
+                    print(
+                        f"+{ms} ms round {i + 1}: cold direct {pairs[-1][0]:.2f} s, "
+                        f"through the daemon {pairs[-1][1]:.2f} s",
+                        flush=True,
+                    )
+            finally:
+                relay.stop()
+            delayed[ms] = (
+                statistics.median(p[0] for p in pairs),
+                statistics.median(p[1] for p in pairs),
+            )
         latency = hub_latency(group, work, archive, mirror)
         print()
         print(f"medians of {args.rounds} rounds (0 ms added delay, loopback):")
@@ -386,6 +434,14 @@ def main() -> int:
             ok &= met
             print(
                 f"  {name:<9} {ratio:6.3f}  (goal <= {GOALS[name]}: {'met' if met else 'NOT met'})"
+            )
+        for ms, (t_direct, t_daemon) in delayed.items():
+            ratio = t_daemon / t_direct
+            met = ratio <= GOALS["cold"]
+            ok &= met
+            print(
+                f"  cold +{ms} ms {ratio:6.3f}  ({t_daemon:.2f} s / {t_direct:.2f} s direct; "
+                f"goal <= {GOALS['cold']}: {'met' if met else 'NOT met'})"
             )
         print(
             f"  peer phase: {max(r.peer_mirror_debs for r in rounds)} .deb requests reached "
