@@ -289,6 +289,7 @@ def start_debtorrent(
         level,
     ]
     args += ["--peer-port", str(free_port()), "--peer-bind", "127.0.0.1"]  # keep it local
+    args += ["--discovery", "pex", "--dht-bootstrap", "none"]  # no LSD, no DHT
     proc = procs.start("debtorrent", args, log, cwd=CHECKOUT)
     wait_port(port, proc)
     return proc

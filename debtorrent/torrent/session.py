@@ -7,6 +7,12 @@ optimistic unchoke), tracker announcers, static peers, and the byte counters the
 status page shows. When ``--peer-bind`` names an address, outgoing peer and tracker
 connections leave from it too, so several daemons on one machine look like distinct
 hosts.
+
+Every address to dial comes in through :meth:`Session.add_candidates` with its source
+(``tracker``, ``dht``, ``lsd``, ``pex`` or ``static``; the connection keeps it as
+``peer.source``, accepted ones are ``incoming``). Discovery (LSD, the DHT, PEX) is run
+by :class:`~debtorrent.torrent.discovery.Discovery`. With no discovery, no tracker and no
+static peer, nothing could ever connect, so the peer port does not listen at all.
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ from debtorrent.errors import DebtorrentError, ProtocolError
 from debtorrent.mirror import Mirror
 from debtorrent.torrent import wire
 from debtorrent.torrent.choker import ChokerSettings, OptimisticUnchoke, PeerSnapshot
+from debtorrent.torrent.discovery import Discovery
 from debtorrent.torrent.peer import HANDSHAKE_TIMEOUT, PeerConnection
 from debtorrent.torrent.swarm import Swarm
+from debtorrent.torrent.swarmkey import SwarmKey
 from debtorrent.torrent.tracker import Announcer
 
-__all__ = ["Session", "SessionSettings"]
+__all__ = ["SOURCES", "Session", "SessionSettings"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +47,8 @@ STATIC_RETRY = 15.0
 CONNECT_TIMEOUT = 10.0
 STRIKES_TO_BAN = 3
 BAN_SECONDS = 3600.0
+#: Where a dialled address came from (``add_candidates``); accepted peers are "incoming".
+SOURCES = ("tracker", "dht", "lsd", "pex", "static")
 
 
 @dataclass
@@ -55,6 +65,12 @@ class SessionSettings:
     http_seed_delay: float = 10.0
     http_seed_min_rate: float = 0.0
     http_timeout: float = 30.0
+    discovery: tuple[str, ...] = ()
+    lan_only: bool = False
+    swarm_key: bytes | None = None  # the secret derived from --swarm-key
+    dht_bootstrap: list[tuple[str, int]] = field(default_factory=list)
+    dht_port: int = 0
+    state_dir: str = ""
 
 
 class Session:
@@ -79,23 +95,46 @@ class Session:
         self._greenlets: list[gevent.Greenlet] = []
         self._static_tried: dict[tuple[bytes, tuple[str, int]], float] = {}
         self.file_listeners: list = []
+        self.swarm_key = SwarmKey(settings.swarm_key) if settings.swarm_key else None
+        self.discovery = Discovery(self)
+        #: addresses offered per source, and connections made per source
+        self.candidates: Counter[str] = Counter()
 
     # --- life cycle -----------------------------------------------------------------
 
+    @property
+    def listening(self) -> bool:
+        """Whether peers can come at all: discovery, a tracker or a static peer."""
+        settings = self.settings
+        return bool(settings.discovery or settings.trackers or settings.peers)
+
+    @property
+    def optional_extensions(self) -> list[str]:
+        """The optional BEP 10 extensions we advertise (PEX, the swarm key proof)."""
+        out = [wire.UT_PEX] if self.discovery.use_pex else []
+        return out + ([wire.DT_SWARMKEY] if self.swarm_key is not None else [])
+
     def start(self) -> None:
-        """Open the peer port and start the periodic work."""
+        """Open the peer port (when peers can come at all), start discovery and the
+        periodic work."""
+        self._greenlets = [gevent.spawn(self._choke_loop), gevent.spawn(self._maintenance)]
+        if not self.listening:
+            self.listen_port = 0
+            log.info("no discovery, tracker or peer configured: the peer port stays closed")
+            return
         bind = self.settings.peer_bind or "0.0.0.0"
         self.server = StreamServer((bind, self.settings.peer_port), self._accept)
         self.server.start()
         self.listen_port = self.server.server_port
-        self._greenlets = [gevent.spawn(self._choke_loop), gevent.spawn(self._maintenance)]
         log.info("peer side on %s port %d", bind, self.listen_port)
+        self.discovery.start()
 
     def stop(self) -> None:
         """Tell trackers we leave (bounded), close every connection and the port."""
         stoppers = [gevent.spawn(a.stop, 5.0) for a in self.announcers.values()]
         gevent.joinall(stoppers, timeout=6)
         self.announcers.clear()
+        self.discovery.stop()
         for greenlet in self._greenlets:
             greenlet.kill(block=False)
         if self.server is not None:
@@ -122,6 +161,8 @@ class Session:
             self.announcers[swarm.info_hash] = announcer
             announcer.start()
         self._dial_static(swarm)
+        if self.server is not None:
+            self.discovery.add_swarm(swarm)
         log.info("swarm %s started (%s)", swarm.name, swarm.info_hash.hex())
 
     def remove_swarm(self, swarm: Swarm) -> None:
@@ -129,6 +170,7 @@ class Session:
         announcer = self.announcers.pop(swarm.info_hash, None)
         if announcer is not None:
             gevent.spawn(announcer.stop, 5.0)
+        self.discovery.remove_swarm(swarm)
         swarm.close()
         log.info("swarm %s stopped", swarm.name)
 
@@ -142,16 +184,28 @@ class Session:
             listener(swarm, file_index)
 
     def expects_peers(self) -> bool:
-        """Whether peers may come (a tracker or static peers): worth a short wait."""
-        return bool(self.settings.trackers or self.settings.peers)
+        """Whether peers may come (a tracker, static peers, LSD or the DHT): worth a
+        short wait."""
+        found = self.discovery.lsd is not None or self.discovery.dht is not None
+        return bool(self.settings.trackers or self.settings.peers or found)
 
     def _tracker_stats(self, swarm: Swarm) -> tuple[int, int, int]:
         left = swarm.picker.num_wanted * swarm.layout.piece_length
         return swarm.uploaded, swarm.downloaded, left
 
     def _on_tracker_peers(self, swarm: Swarm, peers: list[tuple[str, int]]) -> None:
-        for address in peers:
-            self.connect(swarm, address)
+        self.add_candidates(swarm, peers, "tracker")
+
+    def add_candidates(self, swarm: Swarm, addresses, source: str) -> None:
+        """Addresses that may be peers of ``swarm``, learnt from ``source`` (one of
+        :data:`SOURCES`): dialled within the caps, unless banned, ourselves, or outside
+        the LAN under ``--lan-only``."""
+        for address in addresses:
+            ip, port = address[0], address[1]
+            if not self.discovery.allowed(ip) or self.discovery.is_own((ip, port)):
+                continue
+            self.candidates[source] += 1
+            self.connect(swarm, (ip, port), source)
 
     def _dial_static(self, swarm: Swarm) -> None:
         now = time.monotonic()
@@ -162,7 +216,7 @@ class Session:
             if any(p.address == address for p in swarm.peers):
                 continue
             self._static_tried[key] = now
-            self.connect(swarm, address)
+            self.add_candidates(swarm, [address], "static")
 
     # --- connections ---------------------------------------------------------------------
 
@@ -175,7 +229,7 @@ class Session:
             return False
         return True
 
-    def connect(self, swarm: Swarm, address: tuple[str, int]) -> None:
+    def connect(self, swarm: Swarm, address: tuple[str, int], source: str = "static") -> None:
         """Dial a peer for a swarm unless banned, ourselves, known, or over the caps."""
         ip, port = address
         if self.is_banned(ip) or swarm.closed:
@@ -190,9 +244,11 @@ class Session:
         if len(swarm.peers) >= swarm.max_peers:
             return
         self.dialing.add(key)
-        gevent.spawn(self._dial, swarm, address, key)
+        gevent.spawn(self._dial, swarm, address, key, source)
 
-    def _dial(self, swarm: Swarm, address: tuple[str, int], key: tuple[bytes, str, int]) -> None:
+    def _dial(
+        self, swarm: Swarm, address: tuple[str, int], key: tuple[bytes, str, int], source: str
+    ) -> None:
         try:
             source = (self.settings.peer_bind, 0) if self.settings.peer_bind else None
             sock = socket.create_connection(address, CONNECT_TIMEOUT, source_address=source)
@@ -202,11 +258,17 @@ class Session:
         finally:
             self.dialing.discard(key)
         _nodelay(sock)
-        PeerConnection(swarm, sock, address, outgoing=True).run()
+        peer = PeerConnection(swarm, sock, address, outgoing=True)
+        peer.source = source
+        peer.run()
 
     def _accept(self, sock: socket.socket, address: tuple) -> None:
         ip = address[0]
-        if self.is_banned(ip) or len(self.connections) >= self.settings.max_peers:
+        if (
+            self.is_banned(ip)
+            or len(self.connections) >= self.settings.max_peers
+            or not self.discovery.allowed(ip)
+        ):
             self.counters["refused_connections"] += 1
             sock.close()
             return
@@ -277,6 +339,10 @@ class Session:
     def count(self, kind: str, amount: int) -> None:
         self.counters[kind] += amount
 
+    def on_pex(self, peer: PeerConnection, payload: object) -> None:
+        """A ``ut_pex`` message (see :class:`~debtorrent.torrent.discovery.Discovery`)."""
+        self.discovery.on_pex(peer, payload)
+
     # --- periodic work -----------------------------------------------------------------------
 
     def rechoke_soon(self) -> None:
@@ -296,7 +362,7 @@ class Session:
                 log.warning("choke round failed: %s", exc)
 
     def _choke_round(self) -> None:
-        peers = [p for p in self.connections if not p.closed]
+        peers = [p for p in self.connections if not p.closed and p.proven]
         now = time.monotonic()
         snapshots = [
             PeerSnapshot(
