@@ -71,6 +71,7 @@ class SessionSettings:
     dht_bootstrap: list[tuple[str, int]] = field(default_factory=list)
     dht_port: int = 0
     state_dir: str = ""
+    always_listen: bool = False  # open the peer port even when nothing could find it
 
 
 class Session:
@@ -106,7 +107,9 @@ class Session:
     def listening(self) -> bool:
         """Whether peers can come at all: discovery, a tracker or a static peer."""
         settings = self.settings
-        return bool(settings.discovery or settings.trackers or settings.peers)
+        return bool(
+            settings.always_listen or settings.discovery or settings.trackers or settings.peers
+        )
 
     @property
     def optional_extensions(self) -> list[str]:

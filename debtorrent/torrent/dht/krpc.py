@@ -211,8 +211,8 @@ def _response(msg: dict, t: bytes) -> Response:
 def _error(msg: dict, t: bytes) -> Error:
     body = msg.get(b"e")
     code, text = 201, ""
-    if isinstance(body, list) and body:
-        if isinstance(body[0], int):
+    if isinstance(body, list):
+        if body and isinstance(body[0], int):
             code = body[0]
         if len(body) > 1 and isinstance(body[1], bytes):
             text = body[1][:200].decode("utf-8", "replace")

@@ -89,7 +89,7 @@ class DhtNode:
         self.state_path = Path(state_dir) / STATE_FILE if state_dir else None
         self.read_only = read_only
         self.id = node_id or os.urandom(ID_LEN)
-        self.table = RoutingTable(self.id)
+        self.table = RoutingTable(self.id, now=time.monotonic())
         self.store = PeerStore()
         self.tokens = Tokens()
         self.limiter = RateLimiter()
@@ -175,7 +175,7 @@ class DhtNode:
             )
             return
         self.id = node_id
-        self.table = RoutingTable(node_id)
+        self.table = RoutingTable(node_id, now=time.monotonic())
         self.saved_nodes = [n for n in saved if n.id != node_id]
 
     def save(self) -> None:

@@ -107,7 +107,9 @@ class Entry:
 class RoutingTable:
     """The table of one node (see the module docstring)."""
 
-    def __init__(self, own_id: bytes, k: int = K, replacements: int = REPLACEMENTS) -> None:
+    def __init__(
+        self, own_id: bytes, k: int = K, replacements: int = REPLACEMENTS, now: float = 0.0
+    ) -> None:
         if len(own_id) != ID_LEN:
             raise ValueError("a node id is 20 bytes")
         self.own_id = own_id
@@ -115,7 +117,7 @@ class RoutingTable:
         self.replacements_per_bucket = replacements
         self.buckets: list[list[Entry]] = [[] for _ in range(BUCKETS)]
         self.replacements: list[list[Entry]] = [[] for _ in range(BUCKETS)]
-        self.changed: list[float] = [0.0] * BUCKETS
+        self.changed: list[float] = [now] * BUCKETS
         self._by_ip: dict[str, Entry] = {}
 
     def __len__(self) -> int:
