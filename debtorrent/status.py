@@ -178,8 +178,9 @@ class Status:
             "uptime": round(time.monotonic() - daemon.started, 3),
             "started": round(self.started_at, 3),
             "peer_id": session.peer_id.decode("latin-1"),
-            "peer_port": session.listen_port,
+            "peer_port": session.listen_port or None,
             "connections": len(session.connections),
+            "discovery": _discovery(session),
             "totals": {
                 "bytes_to_apt": counters["apt"],
                 "bytes_from_peers": counters["peers"],
@@ -291,6 +292,48 @@ class Status:
         )
 
 
+#: Where connected peers came from, as the status shows them (accepted ones: "incoming").
+PEER_SOURCES = ("tracker", "dht", "lsd", "pex", "static", "incoming")
+
+
+def _discovery(session: Any) -> dict[str, Any]:
+    """How peers are found: mechanisms, peers by source, DHT and LSD figures, a hint."""
+    out = session.discovery.snapshot()
+    by_source = dict.fromkeys(PEER_SOURCES, 0)
+    for peer in list(session.connections):
+        source = getattr(peer, "source", "incoming")
+        by_source[source] = by_source.get(source, 0) + 1
+    out["peers_by_source"] = by_source
+    out["candidates"] = {source: session.candidates[source] for source in PEER_SOURCES[:-1]}
+    out["trackers"] = len(session.settings.trackers)
+    out["static_peers"] = len(session.settings.peers)
+    out["peers_seen"] = session.peers_seen
+    out["hint"] = _hint(session, out)
+    return out
+
+
+def _hint(session: Any, discovery: dict[str, Any]) -> str | None:
+    """A plain sentence when this daemon cannot meet peers, or has not met one yet."""
+    if not discovery["enabled"] and not discovery["trackers"] and not discovery["static_peers"]:
+        return (
+            "No discovery is enabled and no tracker or peer is configured: this daemon "
+            "will never meet a peer, and every package comes from the mirror. Set "
+            "discovery (lsd, dht, pex) or name a tracker or peers."
+        )
+    if session.peers_seen == 0:
+        ways = list(discovery["enabled"])
+        if discovery["trackers"]:
+            ways.append("trackers")
+        if discovery["static_peers"]:
+            ways.append("static peers")
+        return (
+            f"No peer seen yet (looking through {', '.join(ways)}). Peers appear once "
+            "another machine runs debtorrent with the same indexes; on a LAN, local "
+            "discovery finds it within seconds of its apt update."
+        )
+    return None
+
+
 def _swarm(swarm: Any) -> dict[str, Any]:
     peers = [p for p in list(swarm.peers) if not p.closed]
     loaded = getattr(swarm, "loaded", None)
@@ -320,6 +363,7 @@ def _peer(peer: Any) -> dict[str, Any]:
         "address": f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}",
         "client": peer.client,
         "outgoing": peer.outgoing,
+        "source": getattr(peer, "source", "incoming"),
         "seed": peer.seed,
         "pieces": len(peer.has),
         "down_rate": round(peer.down.rate),

@@ -60,6 +60,7 @@ td.num, th.num { text-align: right; white-space: nowrap; font-variant-numeric: t
 .empty { color: var(--muted); font-style: italic; margin: .3rem 0; }
 .ok { color: var(--good); }
 .err td { color: var(--bad); }
+.hint { border-left: 4px solid var(--accent); padding: .4rem .8rem; background: var(--card); }
 progress { width: 9rem; vertical-align: middle; }
 details { background: var(--card); border: 1px solid var(--line); border-radius: 6px;
   margin: .4rem 0; padding: .3rem .6rem; }
@@ -356,6 +357,7 @@ def _peers(snap: Mapping[str, Any]) -> str:
                 "<tr>"
                 f"{_td(_get(p, 'address'), 'mono')}"
                 f"{_td(_get(p, 'client'))}"
+                f"{_td(_get(p, 'source'))}"
                 f"{_td(human_bytes(_get(p, 'down_rate')) + '/s', 'num')}"
                 f"{_td(human_bytes(_get(p, 'up_rate')) + '/s', 'num')}"
                 f"{_bytes_td(_get(p, 'downloaded'))}"
@@ -370,6 +372,7 @@ def _peers(snap: Mapping[str, Any]) -> str:
         headers = (
             ("Address", False),
             ("Client", False),
+            ("Found by", False),
             ("Down", True),
             ("Up", True),
             ("Received", True),
@@ -386,6 +389,59 @@ def _peers(snap: Mapping[str, Any]) -> str:
         parts.append(f"<details><summary>{escape(summary)}</summary>{body}</details>")
     if not parts:
         return '<p class="empty">No swarm, so no peer.</p>'
+    return "".join(parts)
+
+
+_SOURCE_LABELS = (
+    ("lsd", "Local discovery (LSD)"),
+    ("dht", "DHT"),
+    ("pex", "Peer exchange (PEX)"),
+    ("tracker", "Trackers"),
+    ("static", "Configured peers"),
+    ("incoming", "Connected to us"),
+)
+
+
+def _discovery(snap: Mapping[str, Any]) -> str:
+    """How peers are found: what runs, peers by source, the DHT and LSD, the hint."""
+    d = _get(snap, "discovery", {})
+    parts = []
+    hint = _get(d, "hint")
+    if hint:
+        parts.append(f'<p class="hint" id="discovery-hint">{escape(hint)}</p>')
+    enabled = _items(d, "enabled")
+    scope = " (LAN only)" if _get(d, "lan_only") is True else ""
+    what = ", ".join(_text(m) for m in enabled) if enabled else "none"
+    parts.append(f'<p id="discovery-enabled">Discovery: {escape(what + scope)}.</p>')
+    by_source, learnt = _get(d, "peers_by_source", {}), _get(d, "candidates", {})
+    rows = [
+        f"<tr><th>{escape(label)}</th>"
+        f"{_td(_count(_get(by_source, key, 0)), 'num', id=f'peers-{key}')}"
+        f"{_td(_count(_get(learnt, key)) if key != 'incoming' else '', 'num')}</tr>"
+        for key, label in _SOURCE_LABELS
+    ]
+    headers = (("Source", False), ("Peers connected", True), ("Addresses learnt", True))
+    parts.append(_table(headers, rows, "sources"))
+    dht = _get(d, "dht")
+    if isinstance(dht, Mapping):
+        parts.append(
+            f'<p id="discovery-dht">DHT: {escape(_plural(_get(dht, "nodes"), "node"))} in the '
+            f"routing table ({escape(_count(_get(dht, 'good_nodes')))} good), "
+            f"{escape(_plural(_get(dht, 'lookups'), 'lookup'))} done, "
+            f"{escape(_count(_get(dht, 'lookups_running')))} running; "
+            f"{escape(_plural(_get(dht, 'stored_peers'), 'peer'))} of "
+            f"{escape(_plural(_get(dht, 'stored_hashes'), 'swarm'))} stored for others; "
+            f"{escape(_plural(_get(dht, 'malformed'), 'malformed message'))} dropped.</p>"
+        )
+    lan = _get(d, "lsd")
+    if isinstance(lan, Mapping):
+        interfaces = ", ".join(_text(i) for i in _items(lan, "interfaces"))
+        parts.append(
+            f'<p id="discovery-lsd">Local discovery on {escape(interfaces)}: '
+            f"{escape(_plural(_get(lan, 'rounds'), 'announce round'))} sent, "
+            f"{escape(_plural(_get(lan, 'heard'), 'announce'))} heard for our swarms, "
+            f"{escape(_count(_get(lan, 'dropped')))} dropped.</p>"
+        )
     return "".join(parts)
 
 
@@ -431,6 +487,8 @@ def render(snap: Mapping[str, Any], *, host: str, now: float) -> str:
         _swarms(snap),
         '<h2 id="downloads">Downloads now</h2>',
         _downloads(snap),
+        '<h2 id="discovery">Finding peers</h2>',
+        _discovery(snap),
         '<h2 id="peers">Connected peers</h2>',
         _peers(snap),
         '<h2 id="requests">Apt requests since the start</h2>',

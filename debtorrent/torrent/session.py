@@ -98,8 +98,9 @@ class Session:
         self.file_listeners: list = []
         self.swarm_key = SwarmKey(settings.swarm_key) if settings.swarm_key else None
         self.discovery = Discovery(self)
-        #: addresses offered per source, and connections made per source
+        #: addresses offered per source (add_candidates), and peers connected ever
         self.candidates: Counter[str] = Counter()
+        self.peers_seen = 0
 
     # --- life cycle -----------------------------------------------------------------
 
@@ -253,8 +254,8 @@ class Session:
         self, swarm: Swarm, address: tuple[str, int], key: tuple[bytes, str, int], source: str
     ) -> None:
         try:
-            source = (self.settings.peer_bind, 0) if self.settings.peer_bind else None
-            sock = socket.create_connection(address, CONNECT_TIMEOUT, source_address=source)
+            local = (self.settings.peer_bind, 0) if self.settings.peer_bind else None
+            sock = socket.create_connection(address, CONNECT_TIMEOUT, source_address=local)
         except OSError as exc:
             log.debug("cannot connect to %s:%d: %s", address[0], address[1], exc)
             return
@@ -309,6 +310,7 @@ class Session:
         if len(self.connections) >= self.settings.max_peers:
             return False
         self.connections.add(peer)
+        self.peers_seen += 1
         return True
 
     def release(self, peer: PeerConnection) -> None:
