@@ -136,11 +136,11 @@ def _discovery_metrics(discovery: dict[str, Any]) -> Iterator[Metric]:
         "Peer addresses learnt, by source (before the connection caps).",
         labels=["source"],
     )
-    for source, count in sorted((discovery.get("candidates") or {}).items()):
+    for source, count in sorted((discovery.get("addresses_learnt") or {}).items()):
         learnt.add_metric([source], count)
     yield learnt
     dht = discovery.get("dht")
-    if dht:
+    if dht and dht.get("running"):
         yield GaugeMetricFamily(
             "debtorrent_dht_nodes", "Nodes in the DHT routing table.", value=dht["nodes"]
         )
@@ -168,7 +168,7 @@ def _discovery_metrics(discovery: dict[str, Any]) -> Iterator[Metric]:
             value=dht["rate_limited"],
         )
     lsd = discovery.get("lsd")
-    if lsd:
+    if lsd and lsd.get("running"):
         yield CounterMetricFamily(
             "debtorrent_lsd_rounds", "Local discovery announce rounds sent.", value=lsd["rounds"]
         )

@@ -304,7 +304,7 @@ def _discovery(session: Any) -> dict[str, Any]:
         source = getattr(peer, "source", "incoming")
         by_source[source] = by_source.get(source, 0) + 1
     out["peers_by_source"] = by_source
-    out["candidates"] = {source: session.candidates[source] for source in PEER_SOURCES[:-1]}
+    out["addresses_learnt"] = {s: session.candidates[s] for s in PEER_SOURCES[:-1]}
     out["trackers"] = len(session.settings.trackers)
     out["static_peers"] = len(session.settings.peers)
     out["peers_seen"] = session.peers_seen

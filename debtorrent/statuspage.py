@@ -413,7 +413,7 @@ def _discovery(snap: Mapping[str, Any]) -> str:
     scope = " (LAN only)" if _get(d, "lan_only") is True else ""
     what = ", ".join(_text(m) for m in enabled) if enabled else "none"
     parts.append(f'<p id="discovery-enabled">Discovery: {escape(what + scope)}.</p>')
-    by_source, learnt = _get(d, "peers_by_source", {}), _get(d, "candidates", {})
+    by_source, learnt = _get(d, "peers_by_source", {}), _get(d, "addresses_learnt", {})
     rows = [
         f"<tr><th>{escape(label)}</th>"
         f"{_td(_count(_get(by_source, key, 0)), 'num', id=f'peers-{key}')}"
@@ -423,7 +423,7 @@ def _discovery(snap: Mapping[str, Any]) -> str:
     headers = (("Source", False), ("Peers connected", True), ("Addresses learnt", True))
     parts.append(_table(headers, rows, "sources"))
     dht = _get(d, "dht")
-    if isinstance(dht, Mapping):
+    if isinstance(dht, Mapping) and _get(dht, "running") is not False:
         parts.append(
             f'<p id="discovery-dht">DHT: {escape(_plural(_get(dht, "nodes"), "node"))} in the '
             f"routing table ({escape(_count(_get(dht, 'good_nodes')))} good), "
@@ -434,7 +434,7 @@ def _discovery(snap: Mapping[str, Any]) -> str:
             f"{escape(_plural(_get(dht, 'malformed'), 'malformed message'))} dropped.</p>"
         )
     lan = _get(d, "lsd")
-    if isinstance(lan, Mapping):
+    if isinstance(lan, Mapping) and _get(lan, "running") is not False:
         interfaces = ", ".join(_text(i) for i in _items(lan, "interfaces"))
         parts.append(
             f'<p id="discovery-lsd">Local discovery on {escape(interfaces)}: '

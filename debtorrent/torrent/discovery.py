@@ -15,7 +15,10 @@ connection caps decide what is dialled:
   ::`` or an IPv6 address).
 - **DHT** (BEP 5, :class:`~debtorrent.torrent.dht.node.DhtNode`): a full node on the UDP
   port of the peer port's number (``--dht-port``); every swarm is looked up when it
-  starts and announced again every 15 to 30 minutes.
+  starts and announced again every 15 to 30 minutes. While the routing table holds
+  fewer than 8 nodes (a new fleet, a DHT of its own), a swarm is looked up again each
+  time a node joins (within a minute, doubling up to 15), so the first machines find
+  the later ones without waiting a quarter of an hour.
 - **PEX** (BEP 11, :mod:`debtorrent.torrent.pex`): every minute, each peer speaking
   ``ut_pex`` hears of the peers we have in that swarm; what peers tell us is bounded.
 
@@ -58,6 +61,8 @@ log = logging.getLogger(__name__)
 DHT_ANNOUNCE_INTERVAL = (15 * 60.0, 30 * 60.0)
 #: Seconds before a swarm's DHT lookup is retried while the routing table is near empty.
 DHT_RETRY = 60.0
+#: Seconds a lookup waits after a node joined a small routing table (joins come in bursts).
+DHT_SETTLE = 2.0
 #: Seconds a swarm waits for the DHT's first bootstrap before its first lookup.
 DHT_READY_WAIT = 30.0
 IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
@@ -346,10 +351,13 @@ class Discovery:
         dht.ready.wait(DHT_READY_WAIT)
         retry = DHT_RETRY
         while not swarm.closed:
+            grown = dht.grown  # taken first: a node joining during the lookup counts
             peers = dht.announce(swarm.info_hash, self.session.listen_port)
             self.session.add_candidates(swarm, peers, "dht")
             if len(dht.table) < K:
-                gevent.sleep(retry * random.uniform(0.8, 1.2))
+                # a small DHT (a new fleet): look again when a node joins, or later
+                grown.wait(retry * random.uniform(0.8, 1.2))
+                gevent.sleep(DHT_SETTLE)
                 retry = min(retry * 2, DHT_ANNOUNCE_INTERVAL[0])
             else:
                 retry = DHT_RETRY
@@ -416,20 +424,26 @@ class Discovery:
     # --- status ------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+        """What runs and what it did; the same fields whether a mechanism runs or not."""
+        lsd_stats = self.lsd.stats if self.lsd is not None else Counter()
+        lan = {key: lsd_stats[key] for key in ("rounds", "sent", "received", "heard", "own")}
+        lan["malformed"] = lsd_stats["malformed"]
+        lan["dropped"] = lsd_stats["dropped_nonlocal"] + lsd_stats["dropped_flood"]
+        lan["running"] = self.lsd is not None
+        lan["interfaces"] = list(self.lsd.interfaces) if self.lsd is not None else []
+        if self.dht is not None:
+            dht: dict[str, Any] = {"running": True, **self.dht.snapshot()}
+        else:
+            dht = {"running": False, **dict.fromkeys(DhtNode.SNAPSHOT_FIELDS, 0)}
+            dht["node_id"] = dht["port"] = None
+        return {
             "enabled": self.mechanisms,
             "lan_only": self.lan_only,
-            "pex": {k: self.stats[k] for k in ("pex_sent", "pex_received", "pex_ignored")},
-            "lsd": None,
-            "dht": None,
+            "lsd": lan,
+            "dht": dht,
+            "pex": {
+                "sent": self.stats["pex_sent"],
+                "received": self.stats["pex_received"],
+                "ignored": self.stats["pex_ignored"],
+            },
         }
-        if self.lsd is not None:
-            keys = ("rounds", "sent", "received", "heard", "own", "malformed")
-            out["lsd"] = {k: self.lsd.stats[k] for k in keys}
-            out["lsd"]["dropped"] = (
-                self.lsd.stats["dropped_nonlocal"] + self.lsd.stats["dropped_flood"]
-            )
-            out["lsd"]["interfaces"] = list(self.lsd.interfaces)
-        if self.dht is not None:
-            out["dht"] = self.dht.snapshot()
-        return out

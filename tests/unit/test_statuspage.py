@@ -27,6 +27,54 @@ SAMPLE: dict[str, Any] = {
     "peer_id": "-DT0100-abcdefghijkl",
     "peer_port": 9989,
     "connections": 1,
+    "discovery": {
+        "enabled": ["lsd", "dht", "pex"],
+        "lan_only": False,
+        "lsd": {
+            "running": True,
+            "interfaces": ["eth0"],
+            "rounds": 3,
+            "sent": 4,
+            "received": 9,
+            "heard": 2,
+            "own": 4,
+            "malformed": 1,
+            "dropped": 2,
+        },
+        "dht": {
+            "running": True,
+            "node_id": "00112233445566778899aabbccddeeff00112233",
+            "port": 9989,
+            "nodes": 117,
+            "good_nodes": 80,
+            "replacement_nodes": 20,
+            "stored_hashes": 12,
+            "stored_peers": 30,
+            "lookups": 42,
+            "lookups_running": 1,
+            "announces": 16,
+            "peers_found": 5,
+            "queries_in": 900,
+            "queries_out": 700,
+            "timeouts": 60,
+            "malformed": 7,
+            "rate_limited": 3,
+        },
+        "pex": {"sent": 4, "received": 3, "ignored": 0},
+        "peers_by_source": {
+            "tracker": 0,
+            "dht": 0,
+            "lsd": 1,
+            "pex": 0,
+            "static": 0,
+            "incoming": 0,
+        },
+        "addresses_learnt": {"tracker": 0, "dht": 5, "lsd": 2, "pex": 3, "static": 0},
+        "trackers": 0,
+        "static_peers": 0,
+        "peers_seen": 4,
+        "hint": None,
+    },
     "totals": {
         "bytes_to_apt": 5_000_000,
         "bytes_from_peers": 3_000_000,
@@ -74,6 +122,7 @@ SAMPLE: dict[str, Any] = {
                     "address": "192.0.2.7:9989",
                     "client": "debtorrent 0.1.0",
                     "outgoing": True,
+                    "source": "lsd",
                     "seed": False,
                     "pieces": 30,
                     "down_rate": 1_500_000,
@@ -229,6 +278,23 @@ def test_sample_page_shows_every_section() -> None:
     assert 'Acquire::http::Proxy "http://localhost:9988/";' in seen
     assert "1 h 2 min" in seen  # uptime
     assert "1 peer connection" in seen and ": 1 peer" in seen
+    assert "Discovery: lsd, dht, pex." in seen
+    assert "DHT: 117 nodes in the routing table (80 good), 42 lookups done" in seen
+    assert "Local discovery on eth0: 3 announce rounds sent, 2 announces heard" in seen
+
+
+def test_discovery_hint_and_stopped_mechanisms() -> None:
+    snap = copy.deepcopy(SAMPLE)
+    discovery = snap["discovery"]
+    discovery["enabled"] = []
+    discovery["lsd"]["running"] = discovery["dht"]["running"] = False
+    discovery["hint"] = "No discovery is enabled and no tracker or peer is configured"
+    page = check_safe(render(snap, host="h", now=NOW))
+    assert "No discovery is enabled" in page.all_text
+    assert "Discovery: none." in page.all_text
+    assert "DHT:" not in page.all_text and "Local discovery on" not in page.all_text
+    cells = {a.get("id") for t, a in page.tags if t == "td"}
+    assert {f"peers-{s}" for s in ("lsd", "dht", "pex", "tracker", "static", "incoming")} <= cells
 
 
 def test_exact_byte_counts_are_in_the_page() -> None:

@@ -95,6 +95,8 @@ class DhtNode:
         self.limiter = RateLimiter()
         self.stats: Counter[str] = Counter()
         self.ready = Event()
+        #: set (and replaced by a fresh one) whenever the routing table gains a node
+        self.grown = Event()
         self.saved_nodes: list[NodeInfo] = []
         self.sock: socket.socket | None = None
         self._pending: dict[bytes, tuple[tuple[str, int], AsyncResult]] = {}
@@ -257,7 +259,11 @@ class DhtNode:
         return self.query(address, "ping", node_id=node_id)
 
     def _confirmed(self, node: NodeInfo) -> None:
+        before = len(self.table)
         stale = self.table.confirmed(node, time.monotonic())
+        if len(self.table) > before:
+            grown, self.grown = self.grown, Event()
+            grown.set()
         if stale is not None:
             self._ping_soon(stale.ip, stale.port, stale.id)
 
@@ -496,6 +502,26 @@ class DhtNode:
 
     # --- what the status page shows --------------------------------------------------------
 
+    #: The fields of :meth:`snapshot` (the status page's DHT figures).
+    SNAPSHOT_FIELDS = (
+        "node_id",
+        "port",
+        "nodes",
+        "good_nodes",
+        "replacement_nodes",
+        "stored_hashes",
+        "stored_peers",
+        "lookups",
+        "lookups_running",
+        "announces",
+        "peers_found",
+        "queries_in",
+        "queries_out",
+        "timeouts",
+        "malformed",
+        "rate_limited",
+    )
+
     def snapshot(self) -> dict[str, int | str]:
         now = time.monotonic()
         return {
@@ -506,8 +532,8 @@ class DhtNode:
             "replacement_nodes": self.table.replacement_count(),
             "stored_hashes": self.store.hashes,
             "stored_peers": len(self.store),
-            "lookups_running": self.running_lookups,
             "lookups": self.stats["lookups_get_peers"] + self.stats["lookups_find_node"],
+            "lookups_running": self.running_lookups,
             "announces": self.stats["announces"],
             "peers_found": self.stats["peers_found"],
             "queries_in": self.stats["queries_in"],
