@@ -115,6 +115,8 @@ class DhtNode:
         self._load()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
+            # room for a burst of datagrams (the kernel caps it at net.core.rmem_max)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             sock.bind((self.bind, self.port))
         except OSError:
             sock.close()
