@@ -130,6 +130,7 @@ class LocalDiscovery:
     def _receiver(family: int, group: str) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # capped by rmem_max
         try:
             sock.bind((group, lsd.LSD_PORT))  # only datagrams sent to the group
         except OSError:
