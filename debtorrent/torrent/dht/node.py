@@ -362,7 +362,7 @@ class DhtNode:
         gevent.joinall(jobs, timeout=self.query_timeout + 1)
         accepted = sum(1 for job in jobs if job.value is not None)
         self.stats["announces"] += accepted
-        log.debug(
+        log.info(
             "DHT: announced %s to %d of %d nodes; %d peers",
             info_hash.hex()[:12],
             accepted,
