@@ -243,6 +243,7 @@ class LocalDiscovery:
         for info_hash, peer in accepted:
             swarm = swarms.get(info_hash)
             if swarm is not None:
+                log.debug("LSD: %s announces %s on port %d", source, swarm, peer[1])
                 self.stats["heard"] += 1
                 self.discovery.session.add_candidates(swarm, [peer], "lsd")
 

@@ -254,7 +254,8 @@ class Session:
         self, swarm: Swarm, address: tuple[str, int], key: tuple[bytes, str, int], source: str
     ) -> None:
         try:
-            local = (self.settings.peer_bind, 0) if self.settings.peer_bind else None
+            bind = self.settings.peer_bind
+            local = (bind, 0) if bind and bind not in ("::", "0.0.0.0") else None
             sock = socket.create_connection(address, CONNECT_TIMEOUT, source_address=local)
         except OSError as exc:
             log.debug("cannot connect to %s:%d: %s", address[0], address[1], exc)

@@ -392,3 +392,44 @@ def test_libtorrent_hears_debtorrents_lsd_announces(lan_factory, v1_torrent, tmp
     finally:
         dt.stop()
     _same_content(seed, tmp_path / "lt-dir")
+
+
+def test_lsd_over_ipv6_between_debtorrents(lan_factory, v1_torrent, tmp_path):
+    """A seed listening on every address (``::``) and a downloader bound to its
+    unique-local IPv6 address only: they meet through ff15::efc0:988f alone."""
+    torrent, seed = v1_torrent
+    lan = lan_factory(2)
+    seed_host, leech_host = lan.hosts
+    seeder = Standalone(
+        tmp_path / "v6-seed-work",
+        torrent,
+        seed,
+        bind="::",
+        discovery="lsd",
+        wrap=seed_host.wrap,
+        name="v6-seed",
+        extra=["--log-level", "debug"],
+    )
+    leech = Standalone(
+        tmp_path / "v6-leech-work",
+        torrent,
+        tmp_path / "leech-dir",
+        bind=leech_host.address6,
+        discovery="lsd",
+        wrap=leech_host.wrap,
+        name="v6-leech",
+        extra=["--log-level", "debug"],
+    )
+    seeder.start()
+    try:
+        seeder.wait_complete(20)
+        leech.start()
+        leech.wait_complete(60)
+    finally:
+        leech.stop()
+        seeder.stop()
+    _same_content(seed, tmp_path / "leech-dir")
+    heard = [
+        line for line in seeder.log_text().splitlines() if "LSD: " in line and "announces" in line
+    ]
+    assert heard and all(leech_host.address6 in line for line in heard), heard
