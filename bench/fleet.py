@@ -77,6 +77,7 @@ from tests.fixtures.tracker import Tracker
 KiB = 1024
 MiB = 1024 * KiB
 GOAL_RATIO = 1.2
+GOAL_OVERHEAD = 1.02  # duplicate blocks: what peers sent that was not kept
 META = "fl-set"
 INSTALL_TIMEOUT = 600.0
 
@@ -513,6 +514,14 @@ def report(bench: Bench, results: list[tuple[str, Phase, Phase]], args) -> bool:
         print(f"  MB from the mirror per daemon: {per_daemon}")
         uploaded = " ".join(f"{t['bytes_uploaded'] / 1e6:.0f}" for t in fleet.totals)
         print(f"  MB uploaded to peers per daemon: {uploaded}")
+        sent = sum(t["bytes_uploaded"] for t in fleet.totals)
+        overhead = sent / from_peers if from_peers else float("nan")
+        ok = overhead <= GOAL_OVERHEAD
+        all_ok &= ok
+        print(
+            f"  upload overhead (bytes uploaded / bytes kept from peers): {overhead:.3f}  "
+            f"<= {GOAL_OVERHEAD}  {'ok' if ok else 'MISSED'}"
+        )
         cpu = sum(fleet.cpu)
         print(
             f"  daemons' CPU during the install: {cpu:.1f} s in all ("

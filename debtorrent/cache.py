@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from debtorrent import offload
 from debtorrent.errors import CacheError, DiskFullError
 
 __all__ = ["Cache", "TempFile", "cache_error"]
@@ -44,14 +45,18 @@ class TempFile:
     def __init__(self, final: Path) -> None:
         self.final = final
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            self.fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=final.parent)
+            try:
+                self.fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=final.parent)
+            except FileNotFoundError:  # the first file of its directory
+                final.parent.mkdir(parents=True, exist_ok=True)
+                self.fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=final.parent)
         except OSError as exc:
             raise cache_error(final.name, exc) from None
         self.path = Path(name)
         self.read_fd = os.open(self.path, os.O_RDONLY)
         self.written = 0
         self.closed = False
+        self.synced = False
 
     def write(self, data: bytes) -> None:
         """Append ``data``; a full disk raises :class:`DiskFullError`."""
@@ -64,10 +69,21 @@ class TempFile:
         except OSError as exc:
             raise cache_error(self.final.name, exc) from None
 
+    def sync(self) -> None:
+        """Flush to disk (off the hub: the calling greenlet waits, nothing else does)."""
+        if self.synced:
+            return
+        try:
+            offload.fsync(self.fd)
+        except OSError as exc:
+            self.discard()
+            raise cache_error(self.final.name, exc) from None
+        self.synced = True
+
     def commit(self, mtime: float | None = None) -> Path:
         """Flush and rename into place; the file is complete from now on."""
+        self.sync()
         try:
-            os.fsync(self.fd)
             os.close(self.fd)
             self.closed = True
             os.chmod(self.path, 0o644)
@@ -146,7 +162,10 @@ class Cache:
         """Store ``data`` as ``path`` in one atomic step."""
         tmp = self.create(mirror, path)
         try:
-            tmp.write(data)
+            if len(data) > offload.SMALL:  # a 50 MB index: not on the hub
+                offload.run(tmp.write, data)
+            else:
+                tmp.write(data)
         except BaseException:
             tmp.discard()
             tmp.close_reader()

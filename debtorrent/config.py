@@ -403,6 +403,17 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SECS",
     ),
     Option(
+        "connect-grace",
+        "seconds",
+        "3",
+        "Seconds a new swarm holds a file larger than one piece for its first peers "
+        "when peers may come (LSD or the DHT running, a tracker or static peers), so a "
+        "fleet starting together fetches it from the mirror once; smaller files never "
+        "wait.",
+        _float,
+        metavar="SECS",
+    ),
+    Option(
         "http-seed-min-rate",
         "rate",
         "0",
@@ -434,6 +445,15 @@ OPTIONS: tuple[Option, ...] = (
         "Peers unchoked at once across all swarms, the optimistic unchoke included.",
         _int,
         metavar="N",
+    ),
+    Option(
+        "choke-interval",
+        "seconds",
+        "10",
+        "Seconds between choke rounds (tit-for-tat ranking, optimistic unchoke); a peer "
+        "that becomes interested gets a free upload slot at once, between rounds.",
+        _positive_float,
+        metavar="SECS",
     ),
     Option(
         "old-swarm-keep",

@@ -84,6 +84,7 @@ class Daemon:
             (bind, self.config.port),
             self.app,
             self.config.client_allowed,
+            prefetch=self.app.prefetch,
             log=None,
             error_log=logging.getLogger("debtorrent.http"),
         )
@@ -133,7 +134,9 @@ def session_settings(config: Config) -> SessionSettings:
         max_peers=config.max_peers,
         max_peers_per_swarm=config.max_peers_per_swarm,
         upload_slots=config.upload_slots,
+        choke_interval=config.choke_interval,
         http_seed_delay=config.http_seed_delay,
+        connect_grace=config.connect_grace,
         http_seed_min_rate=config.http_seed_min_rate,
         http_timeout=config.http_timeout,
         discovery=tuple(config.discovery),

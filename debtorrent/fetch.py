@@ -23,8 +23,9 @@ from typing import Protocol
 import gevent
 from gevent.event import Event
 
+from debtorrent import offload
 from debtorrent.cache import Cache, TempFile
-from debtorrent.errors import DebtorrentError, MirrorError, VerificationError
+from debtorrent.errors import DebtorrentError, MirrorError, MirrorTimeoutError, VerificationError
 from debtorrent.mirror import Mirror
 
 __all__ = ["Download", "Expected", "Fetcher", "Transfer"]
@@ -89,6 +90,8 @@ class Download:
         self.done = False
         self.error: DebtorrentError | None = None
         self.final: Path | None = None
+        # the mirror sent what the cache already held: the old file (and its date) stays
+        self.unchanged = False
         self.source = "mirror"
         self._tmp: TempFile | None = None
         self._changed = Event()
@@ -104,6 +107,18 @@ class Download:
             raise self.error
         if not (self.started or self.done):
             raise MirrorError(self.url, "no answer from the mirror in time")
+
+    def wait_done(self, timeout: float) -> Path:
+        """Block until the file is complete and in the cache; raise its error, or a
+        timeout as a :class:`MirrorTimeoutError`."""
+        with gevent.Timeout(timeout, False):
+            while not (self.done or self.error):
+                self._changed.wait()
+        if self.error:
+            raise self.error
+        if not self.done or self.final is None:
+            raise MirrorTimeoutError(self.url, "not complete in time")
+        return self.final
 
     def readable(self) -> int:
         """Bytes a watcher may have now: all once done, else all but the last byte."""
@@ -227,7 +242,11 @@ class Fetcher:
             download.length = download.received
         if finisher is not None:
             finisher(download, tmp)
-        if download.keep:
+        if download.keep and self._same_as_cached(download, cache_path, digest.digest()):
+            tmp.discard()
+            download.final = self.cache.get(download.mirror, cache_path)
+            download.unchanged = True
+        elif download.keep:
             download.final = tmp.commit(download.mtime)
         else:
             tmp.discard()
@@ -239,6 +258,19 @@ class Fetcher:
             download.received,
             ", verified" if expected else "",
         )
+
+    def _same_as_cached(self, download: Download, cache_path: str, digest: bytes) -> bool:
+        """Whether the cache already holds these very bytes (an index fetched again
+        unchanged): then the old copy, and the date apt already knows, are kept."""
+        cached = self.cache.get(download.mirror, cache_path)
+        if cached is None or download.expected is not None:  # verified files never differ
+            return False
+        try:
+            if cached.stat().st_size != download.received:
+                return False
+            return offload.sha256_file(cached) == digest
+        except OSError:
+            return False
 
 
 def _parse_http_date(value: str | None) -> float | None:

@@ -17,6 +17,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from debtorrent import offload
+
 __all__ = ["State"]
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,7 @@ class State:
                 with os.fdopen(fd, "w", encoding="utf-8") as handle:
                     json.dump(data, handle, sort_keys=True)
                     handle.flush()
-                    os.fsync(handle.fileno())
+                    offload.fsync(handle.fileno())  # a slow disk must not stall the hub
                 os.replace(tmp, self.path)
             except BaseException:
                 os.unlink(tmp)

@@ -181,6 +181,7 @@ class Status:
             "peer_port": session.listen_port or None,
             "connections": len(session.connections),
             "discovery": _discovery(session),
+            "indexes_loading": daemon.archive.loading,
             "totals": {
                 "bytes_to_apt": counters["apt"],
                 "bytes_from_peers": counters["peers"],
@@ -189,6 +190,7 @@ class Status:
                 "peer_share": _share(counters["peers"], counters["mirror"]),
                 "bans": counters["bans"],
                 "protocol_errors": counters["protocol_errors"],
+                "choke_rounds": counters["choke_rounds"],
             },
             "all_time": {
                 "bytes_to_apt": all_time["apt"],
@@ -198,6 +200,7 @@ class Status:
                 "peer_share": _share(all_time["peers"], all_time["mirror"]),
                 "bans": all_time["bans"],
                 "protocol_errors": all_time["protocol_errors"],
+                "choke_rounds": all_time["choke_rounds"],
             },
             "cache_bytes": cache_bytes,
             "cache_files": cache_files,

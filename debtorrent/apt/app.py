@@ -99,6 +99,21 @@ class AptApp:
             )
             return self._error(start_response, code, str(exc))
 
+    def prefetch(self, client: str, raw: str) -> None:
+        """Start the download of a pipelined request that will be answered later.
+
+        Only what the request itself would be allowed to fetch; anything odd is left
+        for the request, which will answer it properly.
+        """
+        if not self.config.client_allowed(client) or raw.split("?", 1)[0] in self.routes:
+            return
+        try:
+            target = parse_target(raw)
+        except DebtorrentError:
+            return
+        if self.config.mirror_allowed(target.mirror):
+            self.proxy.prefetch(target)
+
     def _handle(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         if not self.config.client_allowed(environ.get("REMOTE_ADDR", "")):
             raise ForbiddenError("client address not allowed")
@@ -114,7 +129,7 @@ class AptApp:
         environ["debtorrent.class"] = classify(target.path).value
         if not self.config.mirror_allowed(target.mirror):
             raise ForbiddenError(f"mirror {target.mirror} not allowed")
-        result = self.proxy.resolve(target)
+        result = self.proxy.resolve(target, "HTTP_IF_MODIFIED_SINCE" in environ)
         if isinstance(result, Cached):
             return self._send_cached(environ, start_response, result)
         return self._stream(environ, start_response, result)

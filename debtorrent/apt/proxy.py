@@ -9,20 +9,24 @@ saved uncompressed and loaded; ``.deb`` files are verified against their index.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import gevent
+from gevent.event import AsyncResult
+
+from debtorrent import offload
 from debtorrent.apt.urls import FileClass, Target, classify
 from debtorrent.archive.indexes import Archive, PackageMatch
-from debtorrent.archive.packages import compression_of, decompress
+from debtorrent.archive.packages import compression_of
 from debtorrent.cache import Cache, TempFile
 from debtorrent.errors import (
     BadIndexError,
     CacheError,
+    DebtorrentError,
     MirrorError,
     MirrorNotFoundError,
     NotFoundError,
@@ -32,6 +36,9 @@ from debtorrent.fetch import Download, Expected, Fetcher, Transfer
 __all__ = ["Cached", "Proxy"]
 
 log = logging.getLogger(__name__)
+
+
+_PREFETCHED = frozenset({FileClass.PACKAGE, FileClass.IMMUTABLE, FileClass.BY_HASH})
 
 
 @dataclass(frozen=True)
@@ -60,14 +67,37 @@ class Proxy:
         self.fetcher = fetcher
         self.header_timeout = header_timeout
         self.package_source: PackageSource | None = None
+        self._loading: dict[tuple[str, str, str], AsyncResult] = {}  # index loads running
 
-    def resolve(self, target: Target) -> Cached | Transfer:
-        """The file apt asked for, by the rules of its class."""
+    def prefetch(self, target: Target) -> None:
+        """Start fetching a file apt has asked for on a connection busy with earlier
+        answers, so that it is on its way (or done) when its turn comes.
+
+        Only files that stay valid once fetched: packages and other immutable files,
+        and indexes named by their hash. What is fetched fresh for every request
+        (InRelease, volatile indexes) would be fetched twice.
+        """
+        if classify(target.path) in _PREFETCHED:
+            gevent.spawn(self._prefetch, target)
+
+    def _prefetch(self, target: Target) -> None:
+        try:
+            self.resolve(target)
+        except DebtorrentError as exc:  # the request itself will meet it and say so
+            log.debug("%s: look-ahead fetch failed: %s", target, exc)
+
+    def resolve(self, target: Target, conditional: bool = False) -> Cached | Transfer:
+        """The file apt asked for, by the rules of its class.
+
+        ``conditional``: apt already holds a copy (If-Modified-Since). An index is then
+        fetched whole before answering, so that when the mirror sent the very bytes
+        the cache holds, the old copy keeps its date and apt can be told 304.
+        """
         cls = classify(target.path)
         if cls is FileClass.PDIFF:
             raise NotFoundError("pdiffs are not served; apt falls back to the whole index")
         if cls is FileClass.INDEX:
-            return self._fresh(target, finisher=self._release_finisher)
+            return self._fresh(target, finisher=self._release_finisher, settle=conditional)
         if cls is FileClass.PACKAGES:
             return self._packages(target, target.path)
         if cls is FileClass.BY_HASH:
@@ -83,10 +113,23 @@ class Proxy:
 
     # --- the classes --------------------------------------------------------------
 
-    def _fresh(self, target: Target, finisher=None) -> Cached | Download:
-        """Fetched every time; the cached copy answers only when the mirror fails."""
+    def _fresh(self, target: Target, finisher=None, settle: bool = False) -> Cached | Download:
+        """Fetched every time; the cached copy answers only when the mirror fails.
+
+        ``settle`` waits for the whole file and answers from the cache (see resolve).
+        """
         download = self.fetcher.fetch(target.mirror, target.path, target.url, finisher=finisher)
-        return self._started_or_offline(target, download)
+        started = self._started_or_offline(target, download)
+        if not settle or isinstance(started, Cached):
+            return started
+        try:
+            return Cached(download.wait_done(self.header_timeout), "mirror")
+        except (MirrorError, CacheError) as exc:
+            cached = self.cache.get(target.mirror, target.path)
+            if cached is None or isinstance(exc, MirrorNotFoundError):
+                raise
+            log.warning("%s: fetch failed (%s); serving the offline copy", target, exc)
+            return Cached(cached, "offline")
 
     def _started_or_offline(self, target: Target, download: Download) -> Cached | Download:
         try:
@@ -119,11 +162,11 @@ class Proxy:
             return self._fresh(target)
         cached = self.cache.get(target.mirror, target.path)
         if cached is not None and _matches(cached, expected):
-            self._load_index(target.mirror, index_path, cached.read_bytes())
+            self._load_index(target.mirror, index_path, offload.run(cached.read_bytes))
             return Cached(cached)
 
         def finish(download: Download, tmp: TempFile) -> None:
-            data = os.pread(tmp.read_fd, download.received, 0)
+            data = offload.run(os.pread, tmp.read_fd, download.received, 0)
             self._load_index(target.mirror, index_path, data)
 
         download = self.fetcher.fetch(
@@ -171,14 +214,27 @@ class Proxy:
         return Expected(listed.size, listed.sha256) if listed else None
 
     def _load_index(self, mirror: str, index_path: str, data: bytes) -> None:
+        """Decompress and load an index (off the hub), once however many ask at once."""
         plain = index_path[: len(index_path) - len(compression_of(index_path))]
         current = self.archive.loaded.get((mirror, plain))
         listed = self.archive.expected(mirror, plain)
         if current is not None and listed is not None and current.index.sha256 == listed.sha256:
             return  # already loaded (apt asks for each index once per update)
-        suffix = compression_of(index_path)
-        plain_data = decompress(data, suffix, listed.size) if listed else decompress(data, suffix)
-        self.archive.add_packages(mirror, index_path, plain_data)
+        key = (mirror, plain, listed.sha256 if listed else "")
+        running = self._loading.get(key)
+        if running is not None:
+            running.get()  # raises what the first load raised
+            return
+        running = self._loading[key] = AsyncResult()
+        try:
+            self.archive.add_compressed(mirror, index_path, data, listed.size if listed else None)
+        except BaseException as exc:
+            running.set_exception(exc)
+            raise
+        else:
+            running.set(None)
+        finally:
+            del self._loading[key]
 
 
 def _size(path: Path | str) -> int:
@@ -189,10 +245,10 @@ def _size(path: Path | str) -> int:
 
 
 def _matches(path: Path, expected: Expected) -> bool:
+    """Whether a cached index is the one the Release lists (hashed off the hub)."""
     if _size(path) != expected.size:
         return False
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest() == expected.sha256
+    try:
+        return offload.sha256_file(path).hex() == expected.sha256
+    except OSError:
+        return False

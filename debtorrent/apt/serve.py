@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from http.client import HTTPException
@@ -23,6 +24,8 @@ import gevent
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 from gevent.socket import wait_write
+
+from debtorrent.apt.lookahead import LookaheadReader
 
 __all__ = [
     "AptHandler",
@@ -134,9 +137,38 @@ class AptHandler(WSGIHandler):
         except OSError:
             pass  # not TCP (a Unix socket in a test): nothing to tune
         sock.settimeout(IDLE_TIMEOUT)
+        self.lookahead: LookaheadReader | None = None
+        prefetch = getattr(server, "prefetch", None)
+        if rfile is None and prefetch is not None:
+            client = str(address[0]) if isinstance(address, tuple) else ""
+            rfile = self.lookahead = LookaheadReader(sock, functools.partial(prefetch, client))
         super().__init__(sock, address, server, rfile)
 
+    def handle(self):
+        try:
+            super().handle()
+        finally:
+            self._stop_lookahead()
+
+    def handle_one_request(self):
+        # the reader greenlet must be gone before pywsgi closes the raw socket under it
+        # (a watcher left on a closed descriptor aborts libev)
+        try:
+            result = super().handle_one_request()
+        except BaseException:
+            self._stop_lookahead()
+            raise
+        if result is not True:
+            self._stop_lookahead()
+        return result
+
+    def _stop_lookahead(self) -> None:
+        if self.lookahead is not None:
+            self.lookahead.close()
+
     def read_requestline(self):
+        if self.lookahead is not None:
+            self.lookahead.idle()
         # one deadline for the whole line: a byte now and then must not hold the socket
         with gevent.Timeout(IDLE_TIMEOUT, TimeoutError("no request in time")):
             return super().read_requestline()
@@ -144,6 +176,8 @@ class AptHandler(WSGIHandler):
     def read_request(self, raw_requestline):
         with gevent.Timeout(HEADER_TIMEOUT, ValueError("request headers too slow")):
             result = super().read_request(raw_requestline)
+        if self.lookahead is not None:
+            self.lookahead.answering()
         fields = self.headers.items()
         if len(fields) > MAX_HEADERS or sum(len(k) + len(v) for k, v in fields) > MAX_HEADER_BYTES:
             raise ValueError("request header fields too large")
@@ -202,9 +236,19 @@ class AptServer(WSGIServer):
     handler_class = AptHandler
     send_timeout = 120.0
 
-    def __init__(self, listener, application, client_allowed, **kwargs) -> None:
+    def __init__(
+        self,
+        listener,
+        application,
+        client_allowed,
+        prefetch: Callable[[str, str], None] | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(listener, application, spawn=Pool(MAX_CONNECTIONS), **kwargs)
         self.client_allowed = client_allowed
+        # prefetch(client address, raw target) starts a pipelined request's download
+        # while the requests before it are still being answered (see lookahead)
+        self.prefetch = prefetch
 
     def handle(self, sock, address) -> None:
         if isinstance(address, tuple) and not self.client_allowed(str(address[0])):

@@ -16,7 +16,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from debtorrent.archive.packages import PackageEntry, PackageIndex, compression_of, scan_packages
+from debtorrent import offload
+from debtorrent.archive.packages import (
+    PackageEntry,
+    PackageIndex,
+    compression_of,
+    decompress,
+    scan_packages,
+)
 from debtorrent.archive.release import IndexEntry, ReleaseInfo, parse_release
 from debtorrent.cache import Cache
 from debtorrent.errors import BadIndexError, DebtorrentError
@@ -26,6 +33,10 @@ __all__ = ["Archive", "LoadedIndex", "PackageMatch"]
 log = logging.getLogger(__name__)
 
 _BINARY_RE = re.compile(r"^(?P<component>.+)/binary-(?P<arch>[^/]+)/Packages$")
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,7 @@ class Archive:
         self.loaded: dict[tuple[str, str], LoadedIndex] = {}
         self._by_content: dict[str, PackageIndex] = {}
         self.listeners: list[Callable[[LoadedIndex, LoadedIndex | None], None]] = []
+        self.loading = 0  # indexes being hashed and scanned right now (off the hub)
 
     # --- Releases ---------------------------------------------------------------
 
@@ -96,6 +108,16 @@ class Archive:
 
     # --- Packages ---------------------------------------------------------------
 
+    def add_compressed(self, mirror: str, path: str, data: bytes, size: int | None) -> LoadedIndex:
+        """Load a ``Packages`` index as fetched (compressed as its name says, to at most
+        ``size`` bytes, the Release's figure), decompressed off the hub."""
+        self.loading += 1
+        try:
+            plain = offload.run(decompress, data, compression_of(path), size)
+        finally:
+            self.loading -= 1
+        return self.add_packages(mirror, path, plain)
+
     def add_packages(
         self, mirror: str, path: str, data: bytes, *, digest: str | None = None, save: bool = True
     ) -> LoadedIndex:
@@ -113,15 +135,21 @@ class Archive:
         match = _BINARY_RE.match(plain_path[len(release.dist) + 1 :])
         if match is None:
             raise BadIndexError(f"{mirror}/{path}: not a binary Packages index")
-        digest = digest or hashlib.sha256(data).hexdigest()
-        listed = release.entry(plain_path)
-        if listed is not None and listed.sha256 != digest:
-            raise BadIndexError(f"{mirror}/{plain_path}: uncompressed index does not match Release")
-        index = self._by_content.get(digest)
-        if index is None:
-            index = scan_packages(data, digest)
-        if save:  # only once it parsed: a saved index must never stop the next start
-            self.cache.write(mirror, plain_path, data)
+        self.loading += 1
+        try:  # hashing, scanning and saving 50 MB run off the hub (see offload)
+            digest = digest or offload.run(_sha256_hex, data)
+            listed = release.entry(plain_path)
+            if listed is not None and listed.sha256 != digest:
+                raise BadIndexError(
+                    f"{mirror}/{plain_path}: uncompressed index does not match Release"
+                )
+            index = self._by_content.get(digest)
+            if index is None:
+                index = offload.run(scan_packages, data, digest)
+            if save:  # only once it parsed: a saved index must never stop the next start
+                self.cache.write(mirror, plain_path, data)
+        finally:
+            self.loading -= 1
         return self._register(
             LoadedIndex(mirror, plain_path, release, match["component"], match["arch"], index)
         )
@@ -179,8 +207,8 @@ class Archive:
                 if file is None:
                     continue
                 try:
-                    data = file.read_bytes()
-                    digest = hashlib.sha256(data).hexdigest()
+                    data = offload.run(file.read_bytes)
+                    digest = offload.run(_sha256_hex, data)
                     if digest != listed.sha256:
                         log.info("saved %s/%s/%s is outdated; not loaded", mirror, dist, rel)
                         continue

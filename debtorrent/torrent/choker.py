@@ -26,7 +26,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from random import Random
 
-__all__ = ["ChokerSettings", "OptimisticUnchoke", "PeerSnapshot", "unchoke"]
+__all__ = ["ChokerSettings", "OptimisticUnchoke", "PeerSnapshot", "free_slot_unchokes", "unchoke"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +91,26 @@ def unchoke(
             break
         chosen.add(p.peer)
     return chosen
+
+
+def free_slot_unchokes(
+    peers: Sequence[PeerSnapshot], *, seeding: bool, settings: ChokerSettings | None = None
+) -> list[Hashable]:
+    """Choked interested peers to unchoke now, between rounds, because slots are free.
+
+    A peer that becomes interested should not wait up to a whole round for data while
+    upload slots stand empty (libtorrent unchokes it at once too): apt is waiting on
+    the other side. Free slots go to the best-ranked choked interested peers; the next
+    round re-ranks everyone as usual.
+    """
+    slots = (settings or ChokerSettings()).upload_slots
+    free = slots - sum(1 for p in peers if not p.choked)
+    if free <= 0:
+        return []
+    ranked = [p.peer for p in _ranked(peers, seeding) if p.choked]
+    # snubbed peers rank nowhere, but an empty slot is theirs rather than nobody's
+    ranked += [p.peer for p in peers if p.choked and p.interested and p.peer not in ranked]
+    return ranked[:free]
 
 
 class OptimisticUnchoke:

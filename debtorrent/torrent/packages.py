@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import gevent
-from gevent.event import Event
+from gevent.event import AsyncResult, Event
 
 from debtorrent.archive.indexes import LoadedIndex
 from debtorrent.cache import Cache
@@ -52,7 +52,9 @@ __all__ = ["FileRequest", "PackageSwarm", "swarm_identity"]
 
 log = logging.getLogger(__name__)
 
-CONNECT_GRACE = 3.0  # seconds a fresh swarm waits for its first peers before the mirror
+SMALL_FILE = LAYOUT1_PIECE_LENGTH  # files of one piece never wait for peers to connect
+CLAIM_SETTLE = 0.05  # seconds a mirror fetch waits for same-moment claims from peers
+SMALL_FILE_PATIENCE = 1.0  # seconds a small file may take from peers before the mirror races
 HASH_ASK_INTERVAL = 1.0
 MAX_ATTEMPTS = 2  # whole-file failures before apt is told
 
@@ -208,6 +210,7 @@ class PackageSwarm(Swarm):
         self.file_date = _http_time(loaded.release.date)
         self.mirror_dates: dict[int, str] = {}  # Last-Modified the mirror gave a file
         self._verifiable = _Verifiable(self)
+        self._hashing: dict[int, AsyncResult] = {}  # whole-file piece hashing in progress
         self.complete_files = self._scan_cache()
 
     # --- files ------------------------------------------------------------------------
@@ -279,7 +282,10 @@ class PackageSwarm(Swarm):
         settings = self.session.settings
         file_index = request.file_index
         size = self.layout.file_size(file_index)
-        if not self._peers_may_supply(file_index) and self._grace_over():
+        patience = settings.http_seed_delay
+        if size <= SMALL_FILE:  # apt should not wait seconds for 60 KB
+            patience = min(patience, SMALL_FILE_PATIENCE)
+        if not self._peers_may_supply(file_index) and self._may_use_mirror(file_index):
             self._start_mirror(file_index)
         last_done, last_change = -1, time.monotonic()
         window_start, window_done = time.monotonic(), 0
@@ -294,14 +300,14 @@ class PackageSwarm(Swarm):
             if file_index in self.fetches:
                 continue
             self._ask_hashes(file_index)  # a fetcher's list grows as its pieces arrive
-            stalled = now - last_change >= settings.http_seed_delay
+            stalled = now - last_change >= patience
             slow = False
             if now - window_start >= max(settings.http_seed_delay, 1.0):
                 rate = (done - window_done) / (now - window_start)
                 slow = 0 < settings.http_seed_min_rate and rate < settings.http_seed_min_rate
                 slow = slow and done < size
                 window_start, window_done = now, done
-            if not self._peers_may_supply(file_index) and self._grace_over():
+            if not self._peers_may_supply(file_index) and self._may_use_mirror(file_index):
                 self._start_mirror(file_index)
             elif stalled or slow:
                 log.info(
@@ -312,10 +318,20 @@ class PackageSwarm(Swarm):
                 )
                 self._start_mirror(file_index, force=True)
 
-    def _grace_over(self) -> bool:
+    def _may_use_mirror(self, file_index: int) -> bool:
+        """Whether a file no connected peer can supply may come from the mirror now.
+
+        A fresh swarm whose peers may still connect (LSD or the DHT running, a tracker
+        or static peers configured) holds a large file for ``--connect-grace``, so that a fleet starting
+        together fetches it from the mirror once and shares it. A small file does not
+        wait: the peers already connected are asked if they have it, else the mirror,
+        at once; fetching it twice costs less than making apt wait.
+        """
         if self.peers or not self.session.expects_peers():
             return True
-        return time.monotonic() - self.created >= CONNECT_GRACE
+        if self.layout.file_size(file_index) <= SMALL_FILE:
+            return True
+        return time.monotonic() - self.created >= self.session.settings.connect_grace
 
     def _peers_may_supply(self, file_index: int) -> bool:
         pieces = self.layout.file_pieces(file_index)
@@ -336,6 +352,8 @@ class PackageSwarm(Swarm):
             return
         fetch = MirrorFetch(self, file_index)
         self.fetches[file_index] = fetch
+        if self.peers:  # peers may claim it at this very moment: settle before the mirror
+            fetch.settle = CLAIM_SETTLE
         for peer in list(self.peers):
             peer.send_extended(
                 wire.DT_FETCHING,
@@ -343,33 +361,47 @@ class PackageSwarm(Swarm):
             )
         fetch.start()
 
-    def mirror_piece(self, fetch: MirrorFetch, piece: int, data: bytes) -> None:
-        """A piece read from the mirror: stored, hashed into our list, announced."""
+    def mirror_piece(self, fetch: MirrorFetch, piece: int, data: bytes) -> bool:
+        """A piece read from the mirror: stored, hashed into our list, announced.
+
+        Returns whether it was stored (False: we had it already).
+        """
         file_index = fetch.file_index
         if piece in self.have:
-            return
+            return False
         self.store.write(piece, 0, data)
         self.session.count("mirror", len(data))
         self.downloaded += len(data)
+        fetch.stored += 1
         pieces = self.layout.file_pieces(file_index)
         if len(pieces) > 1:
             self._own_hash(file_index, piece, hashlib.sha256(data).digest())
+            if piece in self.have:  # a peer's copy came in while we caught up
+                return True
         elif hashlib.sha256(data).digest() != self.file_sha256(file_index):
             self.store.discard(file_index)
             raise VerificationError(fetch.url, "SHA256 does not match the index")
         self.add_piece(piece)
+        return True
 
     def _own_hash(self, file_index: int, piece: int, digest: bytes) -> None:
         """Record a mirror piece's SHA256 in the file's list; the mirror is the origin,
         so where a peer's list disagrees, ours replaces it from there on."""
         pieces = self.layout.file_pieces(file_index)
         position = piece - pieces.start
+        done = len(self.hashes.get(file_index, ()))
+        if done < position:  # pieces before came from peers: hash what we hold, off the hub
+            try:
+                caught_up = self.store.piece_sha256s(range(pieces.start + done, piece))
+            except DebtorrentError as exc:
+                log.warning("%s: cannot hash held pieces: %s", self, exc)
+                return
+            known = self.hashes.setdefault(file_index, [])
+            if len(known) == done:
+                known.extend(caught_up)
         known = self.hashes.setdefault(file_index, [])
-        if len(known) < position:  # pieces before came from peers: hash what we hold
-            known.extend(
-                hashlib.sha256(self.store.read(p, 0, self.layout.piece_size(p))).digest()
-                for p in range(pieces.start + len(known), piece)
-            )
+        if len(known) < position:
+            return  # changed under us while hashing: the whole-file check still judges
         if len(known) > position and known[position] == digest:
             return
         del known[position:]
@@ -434,9 +466,21 @@ class PackageSwarm(Swarm):
 
     def _file_done(self, file_index: int) -> None:
         pieces = self.layout.file_pieces(file_index)
-        if len(pieces) > 1 and self.store.file_sha256(file_index) != self.file_sha256(file_index):
-            self._whole_file_failed(file_index)
-            return
+        if len(pieces) > 1:
+            fetch = self.fetches.get(file_index)
+            digest = fetch.whole_digest() if fetch is not None else None
+            if digest is None:
+                try:
+                    digest = self.store.file_sha256(file_index)  # yields: off the hub
+                except DebtorrentError as exc:
+                    self._reset_file(file_index)
+                    self._fail(file_index, exc)
+                    return
+                if not self.file_complete(file_index) or not self.store.partial(file_index):
+                    return  # reset or completed elsewhere while it was being hashed
+            if digest != self.file_sha256(file_index):
+                self._whole_file_failed(file_index)
+                return
         try:
             path = (
                 self.store.commit(file_index, self._date_of(file_index))
@@ -527,17 +571,27 @@ class PackageSwarm(Swarm):
             )
 
     def _hashes_for(self, file_index: int) -> list[bytes]:
-        """Our piece SHA256s of a file: complete ones hashed from the cache on demand."""
+        """Our piece SHA256s of a file: a complete one is hashed from the cache on
+        demand, off the hub, once however many peers ask at the same time."""
         pieces = self.layout.file_pieces(file_index)
         known = self.hashes.get(file_index, [])
-        if len(known) < len(pieces) and self.file_complete(file_index):
-            known = [
-                hashlib.sha256(self.store.read(p, 0, self.layout.piece_size(p))).digest()
-                for p in pieces
-            ]
-            self.hashes[file_index] = known
-            self.hash_giver[file_index] = None
-        return known
+        if len(known) >= len(pieces) or not self.file_complete(file_index):
+            return known
+        pending = self._hashing.get(file_index)
+        if pending is None:
+            pending = self._hashing[file_index] = AsyncResult()
+            try:
+                pending.set(self.store.piece_sha256s(pieces))
+            except DebtorrentError as exc:
+                log.warning("%s: cannot hash %s: %s", self, self.index.filenames[file_index], exc)
+                pending.set([])
+            finally:
+                del self._hashing[file_index]
+            hashes = pending.get()
+            if hashes and self.file_complete(file_index):
+                self.hashes[file_index] = hashes
+                self.hash_giver[file_index] = None
+        return pending.get() or known
 
     def on_extended(self, peer: PeerConnection, name: str, payload: object) -> None:
         num_files = len(self.index)

@@ -360,11 +360,11 @@ class PeerConnection:
 
     def _on_interested(self, msg: wire.Interested) -> None:
         self.peer_interested = True
-        self.swarm.session.rechoke_soon()
+        self.swarm.session.interest_changed(self)
 
     def _on_not_interested(self, msg: wire.NotInterested) -> None:
         self.peer_interested = False
-        self.swarm.session.rechoke_soon()
+        self.swarm.session.interest_changed(self)
 
     def _on_have(self, msg: wire.Have) -> None:
         if self.has.add(msg.index):

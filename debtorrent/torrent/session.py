@@ -24,13 +24,17 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import gevent
-from gevent.event import Event
 from gevent.server import StreamServer
 
 from debtorrent.errors import DebtorrentError, ProtocolError
 from debtorrent.mirror import Mirror
 from debtorrent.torrent import wire
-from debtorrent.torrent.choker import ChokerSettings, OptimisticUnchoke, PeerSnapshot
+from debtorrent.torrent.choker import (
+    ChokerSettings,
+    OptimisticUnchoke,
+    PeerSnapshot,
+    free_slot_unchokes,
+)
 from debtorrent.torrent.discovery import Discovery
 from debtorrent.torrent.peer import HANDSHAKE_TIMEOUT, PeerConnection
 from debtorrent.torrent.swarm import Swarm
@@ -41,7 +45,6 @@ __all__ = ["SOURCES", "Session", "SessionSettings"]
 
 log = logging.getLogger(__name__)
 
-CHOKE_INTERVAL = 10.0
 MAINTENANCE_INTERVAL = 2.0
 STATIC_RETRY = 15.0
 CONNECT_TIMEOUT = 10.0
@@ -62,7 +65,9 @@ class SessionSettings:
     max_peers: int = 200
     max_peers_per_swarm: int = 50
     upload_slots: int = 8
+    choke_interval: float = 10.0
     http_seed_delay: float = 10.0
+    connect_grace: float = 3.0
     http_seed_min_rate: float = 0.0
     http_timeout: float = 30.0
     discovery: tuple[str, ...] = ()
@@ -91,8 +96,8 @@ class Session:
         self.announcers: dict[bytes, Announcer] = {}
         self.listen_port = settings.peer_port
         self.server: StreamServer | None = None
-        self._optimistic = OptimisticUnchoke(ChokerSettings(upload_slots=settings.upload_slots))
-        self._rechoke = Event()
+        self._choker = ChokerSettings(upload_slots=settings.upload_slots)
+        self._optimistic = OptimisticUnchoke(self._choker)
         self._greenlets: list[gevent.Greenlet] = []
         self._static_tried: dict[tuple[bytes, tuple[str, int]], float] = {}
         self.file_listeners: list = []
@@ -316,6 +321,8 @@ class Session:
 
     def release(self, peer: PeerConnection) -> None:
         self.connections.discard(peer)
+        if not peer.am_choking:  # its upload slot is free now
+            self.fill_free_slots()
 
     # --- misbehaviour ----------------------------------------------------------------------
 
@@ -351,26 +358,37 @@ class Session:
 
     # --- periodic work -----------------------------------------------------------------------
 
-    def rechoke_soon(self) -> None:
-        self._rechoke.set()
+    def interest_changed(self, peer: PeerConnection) -> None:
+        """A peer became (not) interested: answer now, not at the next round.
+
+        An interested peer gets a free upload slot at once; one that lost interest is
+        choked and its slot goes to whoever waits. Waiting for the periodic round here
+        cost apt up to a round per file whenever its requests moved between swarms.
+        """
+        if not peer.peer_interested and not peer.am_choking:
+            peer.set_choking(True)
+        self.fill_free_slots()
+
+    def fill_free_slots(self) -> None:
+        """Unchoke waiting interested peers while upload slots are free (peers that
+        have not proven the swarm key are left out: they may see nothing yet)."""
+        peers = [p for p in self.connections if not p.closed and p.proven]
+        for peer in free_slot_unchokes(
+            self._snapshots(peers), seeding=self._seeding(), settings=self._choker
+        ):
+            peer.set_choking(False)
 
     def _choke_loop(self) -> None:
-        last = 0.0
         while True:
-            self._rechoke.wait(CHOKE_INTERVAL)
-            self._rechoke.clear()
-            if time.monotonic() - last < 1.0:
-                gevent.sleep(1.0)
-            last = time.monotonic()
+            gevent.sleep(self.settings.choke_interval)
             try:
                 self._choke_round()
             except DebtorrentError as exc:
                 log.warning("choke round failed: %s", exc)
 
-    def _choke_round(self) -> None:
-        peers = [p for p in self.connections if not p.closed and p.proven]
+    def _snapshots(self, peers: list[PeerConnection]) -> list[PeerSnapshot]:
         now = time.monotonic()
-        snapshots = [
+        return [
             PeerSnapshot(
                 peer=p,
                 interested=p.peer_interested,
@@ -382,8 +400,15 @@ class Session:
             )
             for p in peers
         ]
-        seeding = all(s.seeding for s in self.swarms.values())
-        unchoked = self._optimistic.run(snapshots, seeding=seeding)
+
+    def _seeding(self) -> bool:
+        return all(s.seeding for s in self.swarms.values())
+
+    def _choke_round(self) -> None:
+        """Tit-for-tat over every connection, and the optimistic unchoke's rotation."""
+        self.counters["choke_rounds"] += 1
+        peers = [p for p in self.connections if not p.closed and p.proven]
+        unchoked = self._optimistic.run(self._snapshots(peers), seeding=self._seeding())
         for peer in peers:
             peer.optimistic = peer is self._optimistic.current
             peer.set_choking(peer not in unchoked)

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from debtorrent import offload
 from debtorrent.cache import TempFile, cache_error
 from debtorrent.errors import CacheError
 from debtorrent.torrent.layout import Layout
@@ -53,6 +54,36 @@ class _FdCache:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+def _hash_spans(source: int | Path, spans: list[tuple[int, int]]) -> list[bytes]:
+    """SHA256 of each ``(offset, length)`` span of a file (run in the threadpool):
+    ``source`` is a descriptor the caller keeps open, or a path opened here."""
+    fd = source if isinstance(source, int) else os.open(source, os.O_RDONLY)
+    try:
+        digests = []
+        for offset, length in spans:
+            data = os.pread(fd, length, offset)
+            if len(data) != length:
+                raise OSError(errno.EIO, "shorter than its pieces")
+            digests.append(hashlib.sha256(data).digest())
+        return digests
+    finally:
+        if not isinstance(source, int):
+            os.close(fd)
+
+
+def _hash_fd(fd: int, size: int) -> bytes:
+    """SHA256 of the first ``size`` bytes behind ``fd`` (run in the threadpool)."""
+    digest = hashlib.sha256()
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(1 << 20, size - offset), offset)
+        if not chunk:
+            break
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.digest()
 
 
 class PackageStore:
@@ -118,22 +149,39 @@ class PackageStore:
         return data
 
     def file_sha256(self, file_index: int) -> bytes:
-        """SHA256 of the partial (or complete) file, for the whole-file check."""
+        """SHA256 of the partial (or complete) file, for the whole-file check; read and
+        hashed off the hub (a 1 GB file takes a second)."""
         tmp = self._partial.get(file_index)
-        fd = tmp.read_fd if tmp is not None else self._fds.get(self.final_path(file_index))
-        digest = hashlib.sha256()
-        size, offset = self.layout.file_size(file_index), 0
-        while offset < size:
-            chunk = os.pread(fd, min(1 << 20, size - offset), offset)
-            if not chunk:
-                break
-            digest.update(chunk)
-            offset += len(chunk)
-        return digest.digest()
+        try:
+            if tmp is not None:
+                return offload.run(_hash_fd, tmp.read_fd, self.layout.file_size(file_index))
+            return offload.sha256_file(self.final_path(file_index))
+        except OSError as exc:
+            raise cache_error(self.final_path(file_index).name, exc) from None
+
+    def piece_sha256s(self, pieces: range) -> list[bytes]:
+        """SHA256 of each of ``pieces`` (all of one file, all held), off the hub."""
+        file_index = self.layout.piece_file(pieces.start)
+        base = self.layout.file_offset(file_index)
+        spans = [(self.layout.piece_offset(p) - base, self.layout.piece_size(p)) for p in pieces]
+        tmp = self._partial.get(file_index)
+        try:
+            source = tmp.read_fd if tmp is not None else self.final_path(file_index)
+            return offload.run(_hash_spans, source, spans)
+        except OSError as exc:
+            raise cache_error(self.final_path(file_index).name, exc) from None
 
     def commit(self, file_index: int, mtime: float | None = None) -> Path:
-        """Rename a verified file into the cache; from now on apt can be served it."""
-        tmp = self._partial.pop(file_index)
+        """Rename a verified file into the cache; from now on apt can be served it.
+
+        The flush to disk happens first, off the hub, while readers still find the
+        partial file; only then is it renamed, without a yield in between.
+        """
+        tmp = self._partial[file_index]
+        tmp.sync()
+        if self._partial.get(file_index) is not tmp:
+            raise CacheError(f"{tmp.final.name}: dropped while being committed")
+        del self._partial[file_index]
         tmp.close_reader()
         self._fds.forget(self.final_path(file_index))
         return tmp.commit(mtime)

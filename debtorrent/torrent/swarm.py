@@ -223,6 +223,8 @@ class Swarm:
         self._pending.pop(piece, None)  # e.g. the mirror completed it first
         if not self.have.add(piece):
             return
+        for peer, block in self.picker.outstanding(piece):  # no bytes sent for nothing
+            peer.cancel(block.piece, block.begin)
         self.picker.piece_verified(piece)
         for peer in list(self.peers):
             peer.have(piece)

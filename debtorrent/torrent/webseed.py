@@ -9,6 +9,7 @@ waiting on this daemon get it while the rest is still coming.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -39,7 +40,22 @@ class MirrorFetch:
         self.url = f"http://{swarm.loaded.mirror}/{quote(path, safe='/~+:@!$&()*,;=')}"
         self.started_ms = int(time.time() * 1000)
         self.yielded = False
+        self.settle = 0.0  # seconds between our claim and our first request
         self.greenlet: gevent.Greenlet | None = None
+        self.stored = 0  # pieces of the file this fetch stored (the swarm counts them)
+        # SHA256 of the body while it streams from the file's first byte, so a file
+        # that came whole from this stream is not read back to be checked
+        self._whole = hashlib.sha256()
+        self._hashed = 0
+
+    def whole_digest(self) -> bytes | None:
+        """SHA256 of the whole file if every piece of it came from this stream."""
+        size = self.swarm.layout.file_size(self.file_index)
+        if self._hashed != size or self.stored != len(
+            self.swarm.layout.file_pieces(self.file_index)
+        ):
+            return None
+        return self._whole.digest()
 
     def start(self) -> None:
         self.greenlet = gevent.spawn(self._run)
@@ -55,7 +71,10 @@ class MirrorFetch:
     def _run(self) -> None:
         error: DebtorrentError | None = None
         try:
-            self._transfer()
+            if self.settle:  # let a claim sent at the same moment by a peer cross ours
+                gevent.sleep(self.settle)
+            if not self.yielded:
+                self._transfer()
         except DebtorrentError as exc:
             error = exc
             log.warning("%s: mirror fetch of %s failed: %s", self.swarm, self.url, exc)
@@ -90,7 +109,7 @@ class MirrorFetch:
         if not self.yielded and self._missing_runs():
             raise MirrorError(self.url, "the mirror did not send every missing piece")
         if not self.yielded:
-            log.info("%s: fetched %s from the mirror", self.swarm, self.url)
+            log.debug("%s: fetched %s from the mirror", self.swarm, self.url)
 
     def _fetch_run(self, run: range) -> bool:
         """Fetch pieces ``run``; False when the mirror sent the whole file instead."""
@@ -119,19 +138,26 @@ class MirrorFetch:
             )
         piece = pieces.start + position // layout.piece_length
         stop = run.stop if ranged else pieces.stop
-        buffer = bytearray()
+        pending = b""  # the start of the next piece, when a read ended inside it
+        streaming_whole = position == 0 and self._hashed == 0
         for chunk in response.chunks():
             if self.yielded:
                 response.release()
                 return False
-            buffer += chunk
-            while piece < stop and len(buffer) >= layout.piece_size(piece):
-                piece_size = layout.piece_size(piece)
-                data = bytes(buffer[:piece_size])
-                del buffer[:piece_size]
-                swarm.mirror_piece(self, piece, data)
+            if streaming_whole:
+                self._whole.update(chunk)
+                self._hashed += len(chunk)
+            # reads are piece-sized and start on a piece: usually a read is a piece, as is
+            data = pending + chunk if pending else chunk
+            offset = 0
+            while piece < stop and len(data) - offset >= layout.piece_size(piece):
+                size = layout.piece_size(piece)
+                whole = offset == 0 and size == len(data)
+                swarm.mirror_piece(self, piece, data if whole else data[offset : offset + size])
+                offset += size
                 piece += 1
-            if buffer and piece >= stop:
+            pending = data[offset:]
+            if pending and piece >= stop:
                 raise VerificationError(self.url, "longer than the index says")
         if piece < stop:
             raise MirrorError(self.url, f"body ended at piece {piece - pieces.start}")

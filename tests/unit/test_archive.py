@@ -3,6 +3,7 @@
 import bz2
 import gzip
 import hashlib
+import itertools
 import lzma
 
 import lz4.frame
@@ -10,6 +11,7 @@ import pytest
 import zstandard
 from debian.deb822 import Packages
 
+from debtorrent.archive import packages
 from debtorrent.archive.packages import decompress, scan_packages
 from debtorrent.archive.release import parse_release, strip_signature
 from debtorrent.errors import BadIndexError
@@ -164,3 +166,18 @@ def test_fields_in_another_order_are_read_stanza_by_stanza():
         (e.filename, e.size, e.sha256) for e in fast
     ]
     assert len(fast) == 50
+
+
+@pytest.mark.parametrize("span", [1, 37, 200, 1000, 1 << 20])
+def test_scanning_in_spans_finds_what_one_pass_finds(monkeypatch, span):
+    """The scan runs in spans (the GIL is released between them); wherever they end,
+    every stanza is found once, none split."""
+    whole = scan_packages(PACKAGES)
+    monkeypatch.setattr(packages, "SCAN_CHUNK", span)
+    spans = list(packages._stanza_runs(PACKAGES))
+    assert spans[0][0] == 0 and spans[-1][1] == len(PACKAGES)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+    ends = [end for _start, end in spans[:-1]]
+    assert all(PACKAGES[end - 1 : end + 1] == b"\n\n" for end in ends)  # between stanzas
+    again = scan_packages(PACKAGES)
+    assert list(again) == list(whole) and len(again) == 50

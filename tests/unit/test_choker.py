@@ -9,6 +9,7 @@ from debtorrent.torrent.choker import (
     ChokerSettings,
     OptimisticUnchoke,
     PeerSnapshot,
+    free_slot_unchokes,
     unchoke,
 )
 
@@ -125,3 +126,27 @@ def test_new_peers_are_three_times_as_likely() -> None:
         counts[opt.update(peers, seeding=False)] += 1
     share = counts["new"] / 3000
     assert 0.5 < share < 0.7  # 3 / (1 + 1 + 3) = 0.6
+
+
+def test_free_slots_go_to_waiting_interested_peers_between_rounds() -> None:
+    """A peer that becomes interested is unchoked at once while slots are free,
+    best-ranked first; with every slot taken it waits for the next round."""
+    settings = ChokerSettings(upload_slots=3)
+    peers = [
+        peer("busy", down=5, choked=False),
+        peer("slow", down=1),
+        peer("fast", down=9),
+        peer("idle", down=99, interested=False),
+    ]
+    assert free_slot_unchokes(peers, seeding=False, settings=settings) == ["fast", "slow"]
+    full = [peer("u1", choked=False), peer("u2", choked=False), peer("u3", choked=False)]
+    assert free_slot_unchokes([*full, peer("new")], seeding=False, settings=settings) == []
+
+
+def test_free_slots_rank_by_upload_rate_when_seeding_and_take_snubbed_peers_last() -> None:
+    settings = ChokerSettings(upload_slots=2)
+    peers = [peer("a", up=1), peer("b", up=7), peer("s", down=50, snubbed=True)]
+    assert free_slot_unchokes(peers, seeding=True, settings=settings) == ["b", "a"]
+    assert free_slot_unchokes(peers, seeding=False, settings=settings) == ["a", "b"]
+    only_snubbed = [peer("s", snubbed=True)]
+    assert free_slot_unchokes(only_snubbed, seeding=False, settings=settings) == ["s"]

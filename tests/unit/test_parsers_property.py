@@ -541,7 +541,7 @@ class _RaisingProxy:
     def __init__(self, exc: Exception) -> None:
         self.exc = exc
 
-    def resolve(self, target):
+    def resolve(self, target, conditional=False):
         raise self.exc
 
 
@@ -558,7 +558,7 @@ class _FailingDownload:
 
 
 class _StreamingProxy(_RaisingProxy):
-    def resolve(self, target):
+    def resolve(self, target, conditional=False):
         return _FailingDownload(self.exc)
 
 

@@ -12,7 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from debtorrent.torrent.layout import BLOCK_SIZE, Layout
-from debtorrent.torrent.picker import HIGH, NORMAL, Block, Picker, PieceSet
+from debtorrent.torrent.picker import ENDGAME_DELAY, HIGH, NORMAL, Block, Picker, PieceSet
+
+
+class Clock:
+    """An injectable clock: time moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def setup_picker(
@@ -22,12 +32,13 @@ def setup_picker(
     blocks: int = 1,
     seed: int = 0,
     enable: bool = True,
+    clock: Clock | None = None,
 ) -> Picker:
     """One file of ``len(availability)`` pieces of *blocks* blocks each."""
     n = len(availability)
     layout = Layout.v1([n * blocks * BLOCK_SIZE], blocks * BLOCK_SIZE)
     have_set = pieces(have.ljust(n))
-    picker = Picker(layout, have=have_set, rng=random.Random(seed))
+    picker = Picker(layout, have=have_set, rng=random.Random(seed), clock=clock or Clock())
     for p, count in enumerate(availability):
         for _ in range(int(count)):
             picker.inc_availability(p)
@@ -183,9 +194,12 @@ def test_requested_blocks_are_not_picked_again_before_endgame() -> None:
 
 
 def test_endgame_duplicates_and_cancels() -> None:
-    picker = setup_picker("22", blocks=2)
+    clock = Clock()
+    picker = setup_picker("22", blocks=2, clock=clock)
     a = picker.pick("A", everything(2), 4)
     assert len(a) == 4 and picker.in_endgame()
+    assert picker.pick("B", everything(2), 2) == []  # A's blocks are not late yet
+    clock.now += ENDGAME_DELAY
     b = picker.pick("B", everything(2), 2)
     assert len(b) == 2 and set(b) <= set(a)  # duplicates of A's requests
     # A third peer gets the blocks asked of only one peer so far.
@@ -198,16 +212,23 @@ def test_endgame_duplicates_and_cancels() -> None:
     assert not again.new and again.cancels == []
 
 
-def test_no_endgame_while_free_blocks_someone_has_remain() -> None:
+def test_no_endgame_while_any_wanted_block_is_unrequested() -> None:
     picker = setup_picker("11", blocks=1)
     picker.pick("A", pieces("* "), 1)
     assert not picker.in_endgame()
     assert picker.pick("A", pieces("* "), 1) == []  # piece 1 is free: no duplicates yet
-    # A piece nobody has does not hold endgame back.
-    picker = setup_picker("10")
+    # A piece nobody has yet (a peer still fetching the file announces it later) holds
+    # endgame back: asking B for what A was asked would only double the bytes sent.
+    clock = Clock()
+    picker = setup_picker("10", clock=clock)
     picker.pick("A", pieces("* "), 1)
+    clock.now += ENDGAME_DELAY
+    assert not picker.in_endgame()
+    assert picker.pick("B", pieces("* "), 1) == []
+    picker.inc_availability(1)
+    picker.pick("A", pieces("**"), 1)  # now every wanted piece is requested
     assert picker.in_endgame()
-    assert picker.pick("B", pieces("* "), 1) == [Block(0, 0, BLOCK_SIZE)]
+    assert picker.pick("B", pieces("* "), 1) == [Block(0, 0, BLOCK_SIZE)]  # piece 0 is late
 
 
 # --- requests ending, data arriving ---------------------------------------------------------
@@ -365,3 +386,19 @@ def test_random_swarm_downloads_everything(n_peers: int, sizes: list[int], seed:
     assert picker.num_wanted == 0
     assert len(picker.have) == n
     assert all(picker.file_complete(f) for f in range(len(sizes)))
+
+
+def test_outstanding_requests_of_a_piece_had_another_way() -> None:
+    """The mirror completes a piece peers were asked for: each request is listed once
+    (to be cancelled), and none remains once the piece is verified."""
+    picker = setup_picker("22", blocks=2)
+    a = picker.pick("A", everything(2), 2)  # both blocks of the rarest-first piece
+    piece = a[0].piece
+    b = picker.pick("B", everything(2), 4)  # the other piece (no duplicates: none late)
+    asked = sorted((peer, blk) for peer, blk in picker.outstanding(piece))
+    want = sorted([("A", blk) for blk in a] + [("B", blk) for blk in b if blk.piece == piece])
+    assert asked == want and len(asked) >= 2
+    picker.piece_verified(piece)
+    assert picker.outstanding(piece) == []
+    assert all(blk.piece != piece for blk in picker.requests_of("A") + picker.requests_of("B"))
+    assert picker.outstanding(1 - piece) != []  # the other piece's requests stay

@@ -75,6 +75,7 @@ SAMPLE: dict[str, Any] = {
         "peers_seen": 4,
         "hint": None,
     },
+    "indexes_loading": 0,
     "totals": {
         "bytes_to_apt": 5_000_000,
         "bytes_from_peers": 3_000_000,
@@ -83,6 +84,7 @@ SAMPLE: dict[str, Any] = {
         "peer_share": 0.75,
         "bans": 1,
         "protocol_errors": 2,
+        "choke_rounds": 3,
     },
     "all_time": {
         "bytes_to_apt": 50_000_000,
@@ -92,6 +94,7 @@ SAMPLE: dict[str, Any] = {
         "peer_share": 0.75,
         "bans": 3,
         "protocol_errors": 4,
+        "choke_rounds": 9,
     },
     "cache_bytes": 123_456_789,
     "cache_files": 321,
