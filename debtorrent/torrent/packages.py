@@ -324,9 +324,8 @@ class PackageSwarm(Swarm):
         A fresh swarm whose peers may still connect (LSD or the DHT running, a tracker
         or static peers configured) holds a large file for ``--connect-grace``, so that
         a fleet starting together fetches it from the mirror once and shares it. A
-        small file does not
-        wait: the peers already connected are asked if they have it, else the mirror,
-        at once; fetching it twice costs less than making apt wait.
+        small file does not wait: the peers already connected are asked if they have
+        it, else the mirror, at once; fetching it twice costs less than making apt wait.
         """
         if self.peers or not self.session.expects_peers():
             return True
