@@ -74,6 +74,7 @@ class Phase:
     mesh: list[int] = field(default_factory=list)
     from_peers: int = 0
     rss: list[int] = field(default_factory=list)
+    repeats: dict[str, int] = field(default_factory=dict)  # .deb -> mirror GETs, when > 1
 
 
 class QuietDaemon(Daemon):
@@ -229,6 +230,11 @@ class Bench:
             self.install(clients, together, phase)
             mirror.wait_idle(10)
             phase.deb_bytes = mirror.bytes_sent(lambda r: r.path.endswith(".deb"))
+            gets: dict[str, int] = {}
+            for r in mirror.find(lambda r: r.path.endswith(".deb"), method="GET"):
+                name = r.path.rsplit("/", 1)[1]
+                gets[name] = gets.get(name, 0) + 1
+            phase.repeats = {name: n for name, n in sorted(gets.items()) if n > 1}
             phase.from_peers = sum(status(d)["totals"]["bytes_from_peers"] for d in daemons)
             phase.rss = [rss_of(d.pid) for d in daemons]
         finally:
@@ -264,6 +270,15 @@ def report(bench: Bench, hosts: int, phases: dict[str, Phase]) -> bool:
             f"bytes from peers {fleet.from_peers / 1e6:.1f} MB; daemon RSS median "
             f"{statistics.median(fleet.rss) / 1e6:.1f} MB, max {max(fleet.rss) / 1e6:.1f} MB"
         )
+        if fleet.repeats:
+            sizes = {
+                f"{n}_1.0-1_{bench.repo.arch}.deb": bench.repo.package(n).size for n in bench.names
+            }
+            listed = ", ".join(
+                f"{name} ({sizes.get(name, 0) // 1024} KiB) x{count}"
+                for name, count in fleet.repeats.items()
+            )
+            print(f"  {'':<9} fetched from the mirror more than once: {listed}")
     return ok
 
 
