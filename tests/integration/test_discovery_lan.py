@@ -154,6 +154,8 @@ def test_hostile_and_flooding_lsd_packets_cost_little(repo: Repo, lan_setup, apt
     apt_factory.path_form(d, mirror).update()
     info_hash = bytes.fromhex(status(d)["swarms"][0]["info_hash"])
     attacker.run(["ip", "addr", "add", "203.0.113.5/32", "dev", "eth0"]).check_returncode()
+    # the target can reach that address (so only the source check keeps it from dialling)
+    target.run(["ip", "route", "add", "203.0.113.5/32", "dev", "eth0"]).check_returncode()
     # a hundred more addresses of the LAN's /24 (unused by the hosts): many "machines"
     prefix = attacker.address.rsplit(".", 1)[0]
     many = [f"{prefix}.{100 + i}" for i in range(100)]
@@ -161,6 +163,7 @@ def test_hostile_and_flooding_lsd_packets_cost_little(repo: Repo, lan_setup, apt
         attacker.run(["ip", "addr", "add", f"{address}/32", "dev", "eth0"]).check_returncode()
     with attacker.inside():
         listeners = [socket.create_server((attacker.address, 0)) for _ in range(50)]
+        decoy = socket.create_server(("203.0.113.5", 0))  # named only from outside
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sender.bind((attacker.address, 0))
         outsider = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -181,7 +184,7 @@ def test_hostile_and_flooding_lsd_packets_cost_little(repo: Repo, lan_setup, apt
         garbage = [b"", b"\xff" * 1500, b"BT-SEARCH * HTTP/1.1\r\nPort: 0\r\n\r\n", b"x" * 1400]
         for data in garbage * 5:
             sender.sendto(data, group)
-        for packet in lsd.announce_packets([info_hash], listeners[0].getsockname()[1], "out"):
+        for packet in lsd.announce_packets([info_hash], decoy.getsockname()[1], "out"):
             outsider.sendto(packet, group)
         ports = [s.getsockname()[1] for s in listeners]
         for i in range(2000):
@@ -196,9 +199,10 @@ def test_hostile_and_flooding_lsd_packets_cost_little(repo: Repo, lan_setup, apt
             if i % 50 == 49:
                 time.sleep(0.02)
         accepted = _accepted(listeners, settle=3.0)
+        from_outside = _accepted([decoy], settle=0.5)
         _settled(lambda: status(d)["discovery"]["lsd"]["received"])
     finally:
-        for s in (*listeners, sender, outsider, *crowd):
+        for s in (*listeners, decoy, sender, outsider, *crowd):
             s.close()
     snap = status(d)["discovery"]["lsd"]
     print(
@@ -208,6 +212,7 @@ def test_hostile_and_flooding_lsd_packets_cost_little(repo: Repo, lan_setup, apt
     assert snap["malformed"] >= 10
     assert snap["dropped"] >= 1000  # the outsider's and the flood over the limits
     assert 1 <= accepted <= lsd.Intake.per_source_burst + 4
+    assert from_outside == 0  # 203.0.113.5 is not on this LAN: its announce was dropped
     assert _rss(d.pid) - rss_before < 8 * 1024 * 1024
     assert d.running
 
