@@ -313,6 +313,10 @@ class Bench:
                     self.args.log_level,
                     "--log-file",
                     str(d / "daemon.log"),
+                    "--allowed-mirrors",  # the nginx mirror is on loopback: named
+                    "*,127.0.0.1",
+                    "--keyring",
+                    str(self.repo.keyring),
                 ]
                 proc = self.group.popen(args, d / "output", cwd=CHECKOUT, env=clean_env())
                 daemons.append((host, port, proc, d))

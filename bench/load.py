@@ -119,10 +119,11 @@ def _worker(args: tuple) -> dict:
 class DaemonProc:
     """``bin/debtorrent`` on 127.0.0.1, stopped by its own pid."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, keyring: Path) -> None:
         from tests.fixtures.net import free_port
 
         self.work = work
+        self.keyring = keyring
         self.port = free_port(HOST)
         self.peer_port = free_port(HOST)
         self.log = work / "daemon.log"
@@ -154,6 +155,10 @@ class DaemonProc:
             "warning",
             "--log-file",
             str(self.log),
+            "--allowed-mirrors",  # the fixture mirror is on loopback: named
+            "*,127.0.0.1",
+            "--keyring",
+            str(self.keyring),
         ]
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         with open(self.work / "daemon.out", "ab") as out:
@@ -380,7 +385,7 @@ def main() -> int:
         t0 = time.monotonic()
         repo = build_repo(work / "repo")
         mirror = MirrorServer(repo.root).start()
-        daemon = DaemonProc(work)
+        daemon = DaemonProc(work, repo.keyring)
         daemon.start()
         clients = [
             AptClient.path_form(work / f"apt{i}", repo, daemon.url, mirror.address)

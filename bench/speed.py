@@ -54,7 +54,14 @@ from index import generate_packages  # noqa: E402
 
 from tests.fixtures.apt import AptClient  # noqa: E402
 from tests.fixtures.net import wait_for_http  # noqa: E402
-from tests.fixtures.repo import COMPONENT, PackageSpec, Repo, Signer, build_repo  # noqa: E402
+from tests.fixtures.repo import (  # noqa: E402
+    COMPONENT,
+    PackageSpec,
+    Repo,
+    Signer,
+    build_repo,
+    fixture_keyrings,
+)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -161,6 +168,9 @@ def start_daemons(group: Group, work: Path, hosts: list[str]) -> list[DaemonProc
                 "info",
                 "--log-file",
                 str(home / "daemon.log"),
+                "--allowed-mirrors",  # nginx is on loopback: named to be reached
+                "*,127.0.0.1",
+                *[arg for ring in fixture_keyrings() for arg in ("--keyring", str(ring))],
                 *peers,
             ],
             home / "output",

@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from debtorrent.errors import ConfigError
+from debtorrent.reach import Reach
 
 __all__ = ["DISCOVERY_MECHANISMS", "OPTIONS", "Config", "Option", "load_config", "option"]
 
 SECTION = "debtorrent"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+SIGNATURE_MODES = ("auto", "enforce", "off")
 
 
 # --- value parsers: each takes the raw string and returns the typed value -------------
@@ -96,9 +98,21 @@ def _networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
 def _host_patterns(text: str) -> list[str]:
     patterns = [part.lower() for part in _split(text)]
     for pattern in patterns:
-        if not all(c.isalnum() or c in "-.*?[]:_" for c in pattern):
+        if "/" in pattern:
+            try:
+                ipaddress.ip_network(pattern, strict=False)
+            except ValueError:
+                raise ValueError(f"{pattern!r} is not a CIDR network") from None
+        elif not all(c.isalnum() or c in "-.*?[]:_" for c in pattern):
             raise ValueError(f"{pattern!r} is not a host pattern")
     return patterns
+
+
+def _signature_mode(text: str) -> str:
+    value = text.strip().lower()
+    if value not in SIGNATURE_MODES:
+        raise ValueError(f"{text!r} is not one of {', '.join(SIGNATURE_MODES)}")
+    return value
 
 
 def _log_level(text: str) -> str:
@@ -290,9 +304,69 @@ OPTIONS: tuple[Option, ...] = (
         "allowed-mirrors",
         "patterns",
         "*",
-        "Mirror host names (shell patterns, optionally with :port) the proxy may fetch from.",
+        "Mirror host names (shell patterns, optionally with :port) and CIDR networks the "
+        "proxy may fetch from. Loopback, link-local and this machine's own addresses are "
+        "reached only when an entry names them literally or by a network, never by a "
+        "wildcard.",
         _host_patterns,
         metavar="HOSTS",
+    ),
+    Option(
+        "tls-mirrors",
+        "patterns",
+        "",
+        "Mirror host names (shell patterns) fetched over https (port 443) although apt's "
+        "sources say http://, so https-only repositories are cached and shared. A mirror "
+        "written as host:443 is always fetched over https.",
+        _host_patterns,
+        metavar="HOSTS",
+    ),
+    Option(
+        "ca-file",
+        "path",
+        "",
+        "PEM file of certificate authorities trusted for https mirrors besides the system "
+        "store (a private CA).",
+        _path,
+        metavar="FILE",
+    ),
+    Option(
+        "verify-signatures",
+        "mode",
+        "auto",
+        "Release signatures checked by the daemon with gpgv (or sqv): auto shares only "
+        "indexes whose Release verifies and passes the others to apt unshared; enforce "
+        "also refuses unverified Releases and their indexes; off trusts the mirror.",
+        _signature_mode,
+        metavar="MODE",
+    ),
+    Option(
+        "keyring",
+        "path",
+        "",
+        "OpenPGP keyring (binary or armored) trusted for Release signatures besides the "
+        "ones apt uses (Signed-By of this machine's sources, /etc/apt/trusted.gpg.d, "
+        "/usr/share/keyrings); repeat for several.",
+        _path,
+        metavar="FILE",
+        repeatable=True,
+    ),
+    Option(
+        "max-tunnels",
+        "count",
+        "32",
+        "CONNECT tunnels (https sources apt sends through the proxy, passed on uncached) "
+        "open at once; 0 refuses CONNECT.",
+        _int,
+        metavar="N",
+    ),
+    Option(
+        "tunnel-idle-timeout",
+        "seconds",
+        "120",
+        "Seconds a CONNECT tunnel may pass no byte either way before it is closed.",
+        _positive_float,
+        metavar="SECS",
     ),
     Option(
         "log-level",
@@ -488,6 +562,7 @@ class Config:
     values: dict[str, Any] = field(default_factory=dict)
     _clients: dict[str, bool] = field(default_factory=dict, repr=False)
     _mirrors: dict[str, bool] = field(default_factory=dict, repr=False)
+    _reach: Reach | None = field(default=None, repr=False)
 
     def __getattr__(self, attr: str) -> Any:
         try:
@@ -505,10 +580,23 @@ class Config:
         return known
 
     def _mirror_allowed(self, host: str) -> bool:
+        return self.reach.allows(host)
+
+    @property
+    def reach(self) -> Reach:
+        """``--allowed-mirrors`` as a policy over names and addresses (made once)."""
+        if self._reach is None:
+            self._reach = Reach(self.values["allowed_mirrors"])
+        return self._reach
+
+    def tls_mirror(self, host: str) -> bool:
+        """Whether mirror ``host`` (``name`` or ``name:port``) is fetched over https."""
         name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        if host.endswith(":443"):
+            return True
         return any(
             fnmatch.fnmatchcase(host, pat) or fnmatch.fnmatchcase(name, pat)
-            for pat in self.values["allowed_mirrors"]
+            for pat in self.values["tls_mirrors"]
         )
 
     def client_allowed(self, address: str) -> bool:

@@ -20,6 +20,7 @@ from debtorrent.apt.app import AptApp
 from debtorrent.apt.proxy import Proxy
 from debtorrent.apt.serve import AptServer
 from debtorrent.archive.indexes import Archive
+from debtorrent.archive.signature import Keyrings, Verifier
 from debtorrent.cache import Cache
 from debtorrent.config import Config
 from debtorrent.errors import DebtorrentError
@@ -50,8 +51,16 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.cache = Cache(config.cache_dir)
-        self.archive = Archive(self.cache)
-        self.mirror = Mirror(config.http_timeout, config.mirror_allowed, config.peer_bind or None)
+        self.keyrings = Keyrings(config.keyring)
+        self.archive = Archive(self.cache, Verifier(config.verify_signatures, self.keyrings))
+        self.mirror = Mirror(
+            config.http_timeout,
+            config.mirror_allowed,
+            config.peer_bind or None,
+            reach=config.reach,
+            tls_mirror=config.tls_mirror,
+            ca_file=config.ca_file,
+        )
         self.fetcher = Fetcher(self.cache, self.mirror)
         self.proxy = Proxy(self.cache, self.archive, self.fetcher, config.http_timeout + 5)
         self.app = AptApp(config, self.proxy)
@@ -120,6 +129,7 @@ class Daemon:
         self.session.stop()
         self.state.save(self.session.counters)
         self.mirror.close()
+        self.keyrings.close()
         self.status.close()
         self.stopped.set()
 

@@ -14,6 +14,7 @@ __all__ = [
     "BadIndexError",
     "BadRequestError",
     "BencodeError",
+    "BusyError",
     "CacheError",
     "ConfigError",
     "DebtorrentError",
@@ -22,11 +23,13 @@ __all__ = [
     "KrpcError",
     "MetainfoError",
     "MirrorError",
+    "MirrorForbiddenError",
     "MirrorNotFoundError",
     "MirrorTimeoutError",
     "NotFoundError",
     "PeerError",
     "ProtocolError",
+    "SignatureError",
     "TrackerError",
     "VerificationError",
 ]
@@ -58,15 +61,34 @@ class BadRequestError(DebtorrentError, ValueError):
 
 
 class ForbiddenError(DebtorrentError):
-    """A client or mirror the configuration does not allow: answered 403."""
+    """A client, mirror or file the configuration does not allow: answered 403.
+
+    ``phrase`` is the short reason sent as the HTTP reason phrase, which apt prints
+    beside the status (``403  Forbidden (not a file of a Debian archive)``); it is a
+    fixed text chosen by the code, never taken from the request.
+    """
 
     status = 403
+
+    def __init__(self, message: str, phrase: str = "Forbidden") -> None:
+        super().__init__(message)
+        self.phrase = phrase
 
 
 class NotFoundError(DebtorrentError):
     """A path that has no answer (pdiffs, unknown files): answered 404."""
 
     status = 404
+
+
+class BusyError(DebtorrentError):
+    """A limit is reached (e.g. CONNECT tunnels open at once): answered 503."""
+
+    status = 503
+
+    def __init__(self, message: str, phrase: str = "Service Unavailable") -> None:
+        super().__init__(message)
+        self.phrase = phrase
 
 
 # --- the mirror -----------------------------------------------------------------
@@ -79,11 +101,22 @@ class MirrorError(DebtorrentError):
     """
 
     status = 502
+    phrase: str | None = None  # the plain reason phrase of the status unless set
 
-    def __init__(self, url: str, reason: str) -> None:
+    def __init__(self, url: str, reason: str, phrase: str | None = None) -> None:
         super().__init__(f"{url}: {reason}")
         self.url = url
         self.reason = reason
+        if phrase is not None:
+            self.phrase = phrase
+
+
+class MirrorForbiddenError(MirrorError):
+    """A mirror address the daemon must not reach (loopback, link-local, its own
+    addresses) that ``--allowed-mirrors`` does not name: apt sees a 403."""
+
+    status = 403
+    phrase = "Forbidden (internal address; name it in allowed-mirrors)"
 
 
 class MirrorNotFoundError(MirrorError):
@@ -117,6 +150,13 @@ class VerificationError(DebtorrentError):
         super().__init__(f"{what}: {reason}")
         self.what = what
         self.reason = reason
+
+
+class SignatureError(VerificationError):
+    """A Release whose signature does not verify (or is expired) where the daemon
+    enforces signatures: apt sees a 502 naming the reason."""
+
+    phrase = "Bad Gateway (Release signature not verified)"
 
 
 # --- the cache ----------------------------------------------------------------------

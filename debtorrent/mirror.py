@@ -4,17 +4,34 @@ One shared ``PoolManager`` keeps connections alive per mirror. Failures become
 :class:`~debtorrent.errors.MirrorError` subclasses that carry the URL and a short
 reason, so apt gets a 404/502/504 and the log names the mirror and path. Redirects
 are followed by hand, and only to mirrors the configuration allows.
+
+Every connection is made to an address :class:`~debtorrent.reach.Reach` allows (no
+loopback, link-local or own address unless ``--allowed-mirrors`` names it), checked
+after the name is resolved and used as checked, for first requests and redirects
+alike.
+
+TLS: callers always name a mirror with an ``http://`` URL, as apt's sources do; a
+mirror written ``host:443`` or matching ``--tls-mirrors`` is fetched over https
+instead, its certificate verified against the system store plus ``--ca-file``. A
+redirect from https back to plain http is refused. A TLS failure is a 502 whose reason
+phrase says what failed (``Bad Gateway (TLS: certificate verify failed)``), so apt
+prints it.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from socket import gaierror
 from urllib.parse import urljoin
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
+    ConnectTimeoutError,
     EmptyPoolError,
     MaxRetryError,
     NewConnectionError,
@@ -22,11 +39,17 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import SSLError as Urllib3SSLError
+from urllib3.util import connection as urllib3_connection
 
 from debtorrent import __version__
-from debtorrent.errors import MirrorError, MirrorNotFoundError, MirrorTimeoutError
+from debtorrent.errors import ConfigError, MirrorError, MirrorNotFoundError, MirrorTimeoutError
+from debtorrent.reach import Reach
 
-__all__ = ["Mirror", "Response"]
+__all__ = ["Mirror", "Response", "tls_context"]
+
+# urllib3 2 tells a name that does not resolve apart; Debian bookworm's 1.26 does not.
+NameResolutionError = getattr(urllib3.exceptions, "NameResolutionError", None)
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +105,40 @@ class Response:
         self._raw.release_conn()
 
 
+def tls_context(ca_file: str = "") -> ssl.SSLContext:
+    """Certificate checking for https mirrors: the system store, plus ``ca_file``."""
+    context = urllib3.util.ssl_.create_urllib3_context()
+    context.load_default_certs()
+    if ca_file:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError("ca-file", f"{ca_file}: {exc}") from None
+    return context
+
+
 class Mirror:
-    """The upstream side: GETs with timeouts, allowed-host redirects and error mapping."""
+    """The upstream side: GETs with timeouts, allowed-host redirects and error mapping.
+
+    ``reach`` decides which addresses may be connected to (None: any, for tools and
+    tests that build a Mirror by hand); ``tls_mirror`` says which mirrors are fetched
+    over https although named with http:// URLs.
+    """
 
     def __init__(
         self,
         timeout: float,
         host_allowed: Callable[[str], bool],
         source_address: str | None = None,
+        *,
+        reach: Reach | None = None,
+        tls_mirror: Callable[[str], bool] | None = None,
+        ca_file: str = "",
     ) -> None:
         self.timeout = timeout
         self.host_allowed = host_allowed
+        self.reach = reach
+        self.tls_mirror = tls_mirror or (lambda netloc: netloc.endswith(":443"))
         kwargs = {"source_address": (source_address, 0)} if source_address else {}
         self.pool = urllib3.PoolManager(
             num_pools=32,
@@ -101,15 +147,32 @@ class Mirror:
             retries=False,
             timeout=urllib3.Timeout(connect=timeout, read=timeout),
             headers={"User-Agent": USER_AGENT},
+            ssl_context=tls_context(ca_file),
             **kwargs,
         )
+        if reach is not None:
+            self.pool.pool_classes_by_scheme = _guarded_pools(reach)
+
+    def upstream_url(self, url: str) -> str:
+        """The URL actually fetched: ``http://`` becomes ``https://`` for TLS mirrors."""
+        if not url.startswith("http://"):
+            return url
+        netloc, slash, rest = url[len("http://") :].partition("/")
+        if not self.tls_mirror(netloc):
+            return url
+        if netloc.endswith(":443"):
+            netloc = netloc[: -len(":443")]
+        return f"https://{netloc}{slash}{rest}"
 
     def get(self, url: str, headers: dict[str, str] | None = None) -> Response:
         """Start a GET; the status is checked, the body is left to stream.
 
         404/410 raise :class:`MirrorNotFoundError`; 5xx and other unexpected statuses,
-        refused connections and timeouts raise :class:`MirrorError` subclasses.
+        refused connections and timeouts raise :class:`MirrorError` subclasses; an
+        internal address the configuration does not name raises
+        :class:`MirrorForbiddenError` (403).
         """
+        url = self.upstream_url(url)
         for _ in range(MAX_REDIRECTS + 1):
             raw = self._request(url, headers or {})
             if raw.status in (301, 302, 303, 307, 308):
@@ -148,6 +211,10 @@ class Mirror:
         netloc = f"{host}:{target.port}" if target.port else host
         if target.scheme not in ("http", "https") or not self.host_allowed(netloc):
             raise MirrorError(url, f"redirect to {netloc or location!r} not allowed")
+        if url.startswith("https://") and target.scheme != "https":
+            raise MirrorError(url, f"redirect from https to plain {location!r} refused")
+        if target.scheme == "http":
+            location = self.upstream_url(location)
         log.info("%s redirected to %s", url, location)
         return location
 
@@ -197,8 +264,84 @@ def _mirror_error(url: str, reason: object) -> MirrorError:
     urllib3 2 makes NewConnectionError a subclass of ConnectTimeoutError, so a refused
     connection must be recognised before any timeout check.
     """
+    if isinstance(reason, (Urllib3SSLError, ssl.SSLError, ssl.CertificateError)):
+        short = _tls_reason(reason)
+        return MirrorError(url, f"TLS failure: {short}", phrase=f"Bad Gateway (TLS: {short})")
+    if NameResolutionError is not None and isinstance(reason, NameResolutionError):
+        return MirrorError(url, "host name does not resolve", "Bad Gateway (no such host)")
     if isinstance(reason, NewConnectionError):
         return MirrorError(url, "connection refused or unreachable")
     if isinstance(reason, (ReadTimeoutError, urllib3.exceptions.ConnectTimeoutError)):
         return MirrorTimeoutError(url, "timed out")
     return MirrorError(url, f"request failed: {reason}")
+
+
+def _tls_reason(error: object) -> str:
+    """A short, printable reason of a TLS failure (for the log and a reason phrase)."""
+    inner: object = error
+    while isinstance(inner, Urllib3SSLError) and inner.args:
+        inner = inner.args[0]
+    text = getattr(inner, "verify_message", None) or getattr(inner, "reason", None)
+    if not text:
+        text = str(inner)
+    if "certificate is not valid for" in str(inner) or "match" in str(text).lower():
+        text = "certificate does not match the host name"
+    elif "CERTIFICATE_VERIFY_FAILED" in str(inner) and "verify failed" not in str(text):
+        text = f"certificate verify failed: {text}"
+    elif getattr(inner, "verify_message", None):
+        text = f"certificate verify failed: {text}"
+    clean = "".join(c if c.isprintable() and c.isascii() else " " for c in str(text))
+    return " ".join(clean.split())[:120].lower()
+
+
+def _connect(conn: HTTPConnection, reach: Reach):
+    """``conn._new_conn``: resolve, keep the addresses ``reach`` allows, connect to one."""
+    host, port = conn._dns_host.strip("[]"), conn.port
+    scheme = "https" if isinstance(conn, HTTPSConnection) else "http"
+    shown = f"[{host}]" if ":" in host else host
+    url = f"{scheme}://{shown}:{port}/"
+    try:
+        candidates = reach.addresses(host, port, url)
+    except gaierror as exc:
+        if NameResolutionError is not None:
+            raise NameResolutionError(conn.host, conn, exc) from exc
+        raise NewConnectionError(conn, f"Failed to resolve {conn.host}: {exc}") from exc
+    error: Exception | None = None
+    for _family, sockaddr in candidates:
+        try:
+            return urllib3_connection.create_connection(
+                (sockaddr[0], port),
+                conn.timeout,
+                source_address=conn.source_address,
+                socket_options=conn.socket_options,
+            )
+        except TimeoutError as exc:
+            error = ConnectTimeoutError(
+                conn, f"Connection to {conn.host} timed out. (connect timeout={conn.timeout})"
+            )
+            error.__cause__ = exc
+        except OSError as exc:
+            error = NewConnectionError(conn, f"Failed to establish a new connection: {exc}")
+            error.__cause__ = exc
+    assert error is not None
+    raise error
+
+
+def _guarded_pools(reach: Reach) -> dict[str, type]:
+    """Connection pool classes whose connections go only where ``reach`` allows."""
+
+    class GuardedHTTPConnection(HTTPConnection):
+        def _new_conn(self):
+            return _connect(self, reach)
+
+    class GuardedHTTPSConnection(HTTPSConnection):
+        def _new_conn(self):
+            return _connect(self, reach)
+
+    class GuardedHTTPPool(HTTPConnectionPool):
+        ConnectionCls = GuardedHTTPConnection
+
+    class GuardedHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = GuardedHTTPSConnection
+
+    return {"http": GuardedHTTPPool, "https": GuardedHTTPSPool}

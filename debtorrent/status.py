@@ -217,6 +217,8 @@ class Status:
             "swarms": [_swarm(swarm) for swarm in list(session.swarms.values())],
             "downloads": self._downloads(),
             "errors": self._errors(),
+            "suites": _suites(daemon.archive),
+            "tunnels": daemon.app.tunnels.snapshot(),
         }
 
     def _downloads(self) -> list[dict[str, Any]]:
@@ -335,6 +337,32 @@ def _hint(session: Any, discovery: dict[str, Any]) -> str | None:
             "discovery finds it within seconds of its apt update."
         )
     return None
+
+
+def _suites(archive: Any) -> list[dict[str, Any]]:
+    """The trust state of every Release the daemon knows (one per suite and mirror)."""
+    out = []
+    for (mirror, dist), release in sorted(archive.releases.items()):
+        out.append(
+            {
+                "mirror": mirror,
+                "path": dist,
+                "origin": release.origin,
+                "suite": release.suite,
+                "codename": release.codename,
+                "trust": release.trust,
+                "trusted": release.trusted,
+                "reason": release.trust_reason,
+                "signer": release.signer,
+                "valid_until": release.valid_until or None,
+                "indexes": sum(
+                    1
+                    for (m, _), loaded in archive.loaded.items()
+                    if m == mirror and loaded.release is release
+                ),
+            }
+        )
+    return out
 
 
 def _swarm(swarm: Any) -> dict[str, Any]:

@@ -459,6 +459,56 @@ def _errors(snap: Mapping[str, Any], now: float) -> str:
     return _table((("Time", True), ("What happened", False)), rows, "errors")
 
 
+def _suites(snap: Mapping[str, Any]) -> str:
+    """Each Release the daemon knows and whether its signature verified."""
+    rows = []
+    for r in _items(snap, "suites"):
+        trusted = _get(r, "trusted") is True
+        where = f"{_text(_get(r, 'mirror'))}/{_text(_get(r, 'path'))}"
+        rows.append(
+            f'<tr class="suite {"ok" if trusted else "untrusted"}">'
+            f"{_td(where, 'name')}"
+            f"{_td(_get(r, 'origin'))}"
+            f"{_td(_get(r, 'codename') or _get(r, 'suite'))}"
+            f"{_td(_get(r, 'trust'), 'trust')}"
+            f"{_td('shared' if trusted else 'passed to apt, not shared')}"
+            f"{_td(_get(r, 'reason'))}"
+            f"{_td(_get(r, 'valid_until') or '')}</tr>"
+        )
+    if not rows:
+        return '<p class="empty">No Release fetched yet.</p>'
+    headers = (
+        ("Release", False),
+        ("Origin", False),
+        ("Suite", False),
+        ("Signature", False),
+        ("Indexes", False),
+        ("Why", False),
+        ("Valid until", False),
+    )
+    return _table(headers, rows, "suites")
+
+
+def _tunnels(snap: Mapping[str, Any]) -> str:
+    """CONNECT tunnels (https sources through the proxy), with how to cache them."""
+    t = _get(snap, "tunnels", {})
+    opened = _get(t, "opened", 0)
+    if not opened and not _get(t, "refused", 0):
+        return '<p class="empty">No CONNECT tunnel since the start.</p>'
+    line = (
+        f"{_plural(opened, 'tunnel')} opened ({_count(_get(t, 'open'))} open now), "
+        f"{_count(_get(t, 'refused'))} refused; {human_bytes(_get(t, 'bytes_from_mirror'))} "
+        "passed from mirrors uncached."
+    )
+    hosts = ", ".join(_text(h) for h in _items(t, "hosts"))
+    hint = _get(t, "hint") or ""
+    return (
+        f'<p id="tunnel-count">{escape(line)}</p>'
+        + (f"<p>Hosts: {escape(hosts)}</p>" if hosts else "")
+        + (f'<p class="hint" id="tunnel-hint">{escape(hint)}.</p>' if hint else "")
+    )
+
+
 def _apt_lines(host: str) -> str:
     sources = f"deb http://{host}/deb.example.org/debian bookworm main"
     proxy = f'Acquire::http::Proxy "http://{host}/";'
@@ -495,6 +545,10 @@ def render(snap: Mapping[str, Any], *, host: str, now: float) -> str:
         _requests(snap),
         '<h2 id="errors">Recent errors</h2>',
         _errors(snap, now),
+        '<h2 id="suites">Suites and signatures</h2>',
+        _suites(snap),
+        '<h2 id="tunnels">https tunnels (CONNECT)</h2>',
+        _tunnels(snap),
         '<h2 id="apt">Pointing apt at this daemon</h2>',
         _apt_lines(host),
     ]

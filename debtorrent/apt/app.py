@@ -4,7 +4,12 @@ Everything below this module speaks in targets, files and downloads; this is the
 place that knows HTTP statuses. Expected failures arrive as
 :class:`~debtorrent.errors.DebtorrentError` subclasses carrying a ``status``; they
 become short plain-text answers, never a traceback. Nothing taken from the request is
-ever written into a response header.
+ever written into a response header. An error's ``phrase`` (a fixed text chosen by the
+code, such as ``Forbidden (not a file of a Debian archive)``) becomes the HTTP reason
+phrase, because that is what apt prints beside the status.
+
+``CONNECT`` (an https source through ``Acquire::http::Proxy``) goes to
+:mod:`debtorrent.apt.tunnel`; everything else but GET and HEAD is a 405.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from debtorrent.apt.serve import (
     parse_http_date,
     parse_range,
 )
-from debtorrent.apt.urls import classify, parse_target
+from debtorrent.apt.tunnel import Tunnels
+from debtorrent.apt.urls import FileClass, classify, parse_target
 from debtorrent.config import Config
 from debtorrent.errors import DebtorrentError, ForbiddenError
 from debtorrent.fetch import Transfer
@@ -56,8 +62,15 @@ READ_CHUNK = 262144
 ATIME_STEP = 1.0  # a served file's access time is kept this fresh (relatime is not)
 
 
-def _status(code: int) -> str:
-    return f"{code} {_REASONS.get(code, 'Error')}"
+def _status(code: int, phrase: str | None = None) -> str:
+    return f"{code} {_phrase(phrase) or _REASONS.get(code, 'Error')}"
+
+
+def _phrase(text: str | None) -> str:
+    """A reason phrase safe on a status line: printable ASCII, bounded."""
+    if not text:
+        return ""
+    return "".join(c if c.isascii() and c.isprintable() else " " for c in text)[:150].strip()
 
 
 def _content_type(path: str) -> str:
@@ -78,6 +91,7 @@ class AptApp:
         self.proxy = proxy
         self.routes: dict[str, Route] = dict(routes or {})
         self.read_timeout = max(config.http_timeout * 2, 10.0)
+        self.tunnels = Tunnels(config)
         # Told of each proxied answer as it starts: (file class, status, body bytes);
         # the status page counts requests and bytes sent to apt with it.
         self.on_request: Callable[[str, int, int], None] | None = None
@@ -97,7 +111,7 @@ class AptApp:
                 code,
                 exc,
             )
-            return self._error(start_response, code, str(exc))
+            return self._error(start_response, code, str(exc), getattr(exc, "phrase", None))
 
     def prefetch(self, client: str, raw: str) -> None:
         """Start the download of a pipelined request that will be answered later.
@@ -118,17 +132,28 @@ class AptApp:
         if not self.config.client_allowed(environ.get("REMOTE_ADDR", "")):
             raise ForbiddenError("client address not allowed")
         method = environ.get("REQUEST_METHOD", "")
-        if method not in ("GET", "HEAD"):
-            start_response(_status(405), [("Allow", "GET, HEAD"), ("Content-Length", "0")])
-            return []
         raw = environ.get("debtorrent.raw_target") or environ.get("PATH_INFO", "/")
+        if method == "CONNECT":
+            return self.tunnels.open(raw, environ.get("REMOTE_ADDR", "-"))
+        if method not in ("GET", "HEAD"):
+            start_response(_status(405), [("Allow", "GET, HEAD, CONNECT"), ("Content-Length", "0")])
+            return []
         route = self.routes.get(raw.split("?", 1)[0])
         if route is not None:
             return route(environ, start_response)
         target = parse_target(raw)
-        environ["debtorrent.class"] = classify(target.path).value
+        cls = classify(target.path)
+        environ["debtorrent.class"] = cls.value
         if not self.config.mirror_allowed(target.mirror):
-            raise ForbiddenError(f"mirror {target.mirror} not allowed")
+            raise ForbiddenError(
+                f"mirror {target.mirror} not allowed", "Forbidden (mirror not in allowed-mirrors)"
+            )
+        if cls is FileClass.UNKNOWN:
+            raise ForbiddenError(
+                f"{target.path!r} is not a file of a Debian archive",
+                "Forbidden (not a file of a Debian archive)",
+            )
+        self.config.reach.check_literal(target.mirror, target.url)
         result = self.proxy.resolve(target, "HTTP_IF_MODIFIED_SINCE" in environ)
         if isinstance(result, Cached):
             return self._send_cached(environ, start_response, result)
@@ -136,10 +161,12 @@ class AptApp:
 
     # --- answers ------------------------------------------------------------------
 
-    def _error(self, start_response: StartResponse, code: int, reason: str) -> list[bytes]:
+    def _error(
+        self, start_response: StartResponse, code: int, reason: str, phrase: str | None = None
+    ) -> list[bytes]:
         body = f"{code} {_REASONS.get(code, 'Error')}: {_loggable(reason)}\n".encode()
         start_response(
-            _status(code),
+            _status(code, phrase),
             [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
         )
         return [body]
@@ -222,7 +249,7 @@ class AptApp:
                 code = getattr(exc, "status", 502)
                 body = f"{code} {_REASONS.get(code, 'Error')}: {_loggable(str(exc))}\n".encode()
                 start_response(
-                    _status(code),
+                    _status(code, getattr(exc, "phrase", None)),
                     [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))],
                     sys.exc_info(),
                 )

@@ -5,6 +5,13 @@ either a complete :class:`Cached` file or a :class:`~debtorrent.fetch.Download` 
 stream; the WSGI app only turns those into HTTP. Indexes are fetched fresh every time
 and kept as the offline copy; ``Packages`` indexes are verified against the Release,
 saved uncompressed and loaded; ``.deb`` files are verified against their index.
+
+Signatures (``--verify-signatures``): every InRelease, and every Release once its
+Release.gpg arrives, is checked as it is fetched. In ``auto`` an unverified Release and
+its indexes still go to apt (which checks them itself), but its indexes make no swarm
+and the packages they list are passed through without being kept, so nothing from an
+unverified source is cached for peers. In ``enforce`` a Release whose signature fails
+is a 502 and the indexes of any unverified Release are a 403.
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ from debtorrent.errors import (
     BadIndexError,
     CacheError,
     DebtorrentError,
+    ForbiddenError,
     MirrorError,
     MirrorNotFoundError,
     NotFoundError,
+    SignatureError,
 )
 from debtorrent.fetch import Download, Expected, Fetcher, Transfer
 
@@ -89,15 +98,23 @@ class Proxy:
     def resolve(self, target: Target, conditional: bool = False) -> Cached | Transfer:
         """The file apt asked for, by the rules of its class.
 
-        ``conditional``: apt already holds a copy (If-Modified-Since). An index is then
-        fetched whole before answering, so that when the mirror sent the very bytes
-        the cache holds, the old copy keeps its date and apt can be told 304.
+        ``conditional``: apt already holds a copy (If-Modified-Since). Release files
+        (InRelease, Release, Release.gpg), the only indexes apt asks for that way, are
+        now fetched whole before answering whether or not it does: their signature is
+        checked before apt gets a byte, and when the mirror sent the very bytes the
+        cache holds, the old copy keeps its date and apt can be told 304.
         """
         cls = classify(target.path)
         if cls is FileClass.PDIFF:
             raise NotFoundError("pdiffs are not served; apt falls back to the whole index")
         if cls is FileClass.INDEX:
-            return self._fresh(target, finisher=self._release_finisher, settle=conditional)
+            # always whole first (they are small): a signature refused under enforce is
+            # then a clean 502 naming the reason, never a transfer cut at its last byte
+            return self._fresh(target, finisher=self._release_finisher, settle=True)
+        if cls in (FileClass.PACKAGES, FileClass.BY_HASH, FileClass.VOLATILE):
+            refusal = self.archive.refusal(target.mirror, target.path)
+            if refusal is not None:
+                raise ForbiddenError(f"{target}: {refusal}", "Forbidden (Release not verified)")
         if cls is FileClass.PACKAGES:
             return self._packages(target, target.path)
         if cls is FileClass.BY_HASH:
@@ -193,20 +210,37 @@ class Proxy:
             if result is not None:
                 return result
         expected = Expected(entry.size, entry.sha256.hex())
-        download = self.fetcher.fetch(target.mirror, target.path, target.url, expected=expected)
+        keep = match.loaded.trusted  # from an unverified Release: to apt only, not kept
+        download = self.fetcher.fetch(
+            target.mirror, target.path, target.url, expected=expected, keep=keep
+        )
         download.wait_headers(self.header_timeout)
         return download
 
     # --- indexes --------------------------------------------------------------------
 
     def _release_finisher(self, download: Download, tmp: TempFile) -> None:
-        if download.path.endswith("Release.gpg"):
-            return
+        """Check and parse a Release file before apt gets its last byte.
+
+        A Release whose signature fails is a 502 when signatures are enforced
+        (nothing is cached); otherwise it goes to apt, which judges it too.
+        """
         data = os.pread(tmp.read_fd, download.received, 0)
+        name = download.path.rpartition("/")[2]
         try:
-            self.archive.add_release(download.mirror, download.path, data)
+            if name == "Release.gpg":
+                info = self.archive.add_signature(download.mirror, download.path, data)
+            else:
+                info = self.archive.add_release(download.mirror, download.path, data)
         except BadIndexError as exc:  # apt judges it too; pass it on, but say so
             log.warning("%s/%s: %s", download.mirror, download.path, exc)
+            return
+        enforcing = self.archive.verifier is not None and self.archive.verifier.enforcing
+        if info is not None and enforcing and name != "Release" and not info.trusted:
+            raise SignatureError(
+                f"{download.mirror}/{download.path}",
+                f"Release {info.trust}: {info.trust_reason} (verify-signatures enforce)",
+            )
 
     def _expected(self, mirror: str, index_path: str | None) -> Expected | None:
         """What the Release says an index must be, if a Release lists it."""
@@ -218,7 +252,14 @@ class Proxy:
         plain = index_path[: len(index_path) - len(compression_of(index_path))]
         current = self.archive.loaded.get((mirror, plain))
         listed = self.archive.expected(mirror, plain)
-        if current is not None and listed is not None and current.index.sha256 == listed.sha256:
+        release = self.archive.release_for(mirror, plain)
+        if (
+            current is not None
+            and listed is not None
+            and current.index.sha256 == listed.sha256
+            and release is not None
+            and current.trusted == release.trusted
+        ):
             return  # already loaded (apt asks for each index once per update)
         key = (mirror, plain, listed.sha256 if listed else "")
         running = self._loading.get(key)

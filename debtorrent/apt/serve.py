@@ -26,6 +26,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 from gevent.socket import wait_write
 
 from debtorrent.apt.lookahead import LookaheadReader
+from debtorrent.apt.tunnel import Tunnel
 
 __all__ = [
     "AptHandler",
@@ -199,6 +200,12 @@ class AptHandler(WSGIHandler):
 
     def process_result(self):
         body = self.result
+        if isinstance(body, Tunnel):  # CONNECT: the tunnel owns the connection from here
+            self.close_connection = True
+            if self.lookahead is not None:
+                self.lookahead.idle()  # what follows is TLS, not requests to look at
+            body.run(self.socket, self.rfile)
+            return None
         if not isinstance(body, FileBody) or self.request_version == "HTTP/0.9":
             return super().process_result()
         self.write(b"")  # status line and headers

@@ -6,12 +6,19 @@ request can be verified against its SHA256). Indexes are shared by content: the 
 ``Packages`` seen through two mirrors is one :class:`PackageIndex`, which is what lets
 users of different mirrors share one swarm later. At start-up the saved copies in the
 cache are loaded again, each only if it matches its saved Release.
+
+Every Release is checked by the :class:`~debtorrent.archive.signature.Verifier` as it
+arrives (an InRelease at once; a Release when its Release.gpg comes, which apt asks for
+right after it) and at start-up. A loaded index carries the verdict as
+:attr:`LoadedIndex.trusted`: the swarm layer makes swarms of trusted indexes only, and
+:meth:`Archive.refusal` tells the proxy what to refuse when signatures are enforced.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +31,8 @@ from debtorrent.archive.packages import (
     decompress,
     scan_packages,
 )
-from debtorrent.archive.release import IndexEntry, ReleaseInfo, parse_release
+from debtorrent.archive.release import IndexEntry, ReleaseInfo, flat_root, parse_release
+from debtorrent.archive.signature import Verdict, Verifier
 from debtorrent.cache import Cache
 from debtorrent.errors import BadIndexError, DebtorrentError
 
@@ -33,6 +41,8 @@ __all__ = ["Archive", "LoadedIndex", "PackageMatch"]
 log = logging.getLogger(__name__)
 
 _BINARY_RE = re.compile(r"^(?P<component>.+)/binary-(?P<arch>[^/]+)/Packages$")
+_RELEASE_NAMES = ("InRelease", "Release")
+FLAT_COMPONENT, FLAT_ARCH = "flat", "any"  # how a flat repository's index is named
 
 
 def _sha256_hex(data: bytes) -> str:
@@ -49,6 +59,7 @@ class LoadedIndex:
     component: str
     arch: str
     index: PackageIndex
+    trusted: bool = True  # its Release verified (or checks off): it may become a swarm
 
     @property
     def name(self) -> str:
@@ -69,9 +80,11 @@ class PackageMatch:
 class Archive:
     """Releases and Packages indexes per mirror; the single place that knows them."""
 
-    def __init__(self, cache: Cache) -> None:
+    def __init__(self, cache: Cache, verifier: Verifier | None = None) -> None:
         self.cache = cache
+        self.verifier = verifier
         self.releases: dict[tuple[str, str], ReleaseInfo] = {}
+        self._detached: dict[tuple[str, str], bytes] = {}  # Release bytes awaiting .gpg
         self.loaded: dict[tuple[str, str], LoadedIndex] = {}
         self._by_content: dict[str, PackageIndex] = {}
         self.listeners: list[Callable[[LoadedIndex, LoadedIndex | None], None]] = []
@@ -79,22 +92,65 @@ class Archive:
 
     # --- Releases ---------------------------------------------------------------
 
-    def add_release(self, mirror: str, path: str, data: bytes) -> ReleaseInfo:
-        """Parse a Release/InRelease just fetched and remember it for its suite."""
-        info = parse_release(path, data)
+    def add_release(
+        self, mirror: str, path: str, data: bytes, signature: bytes | None = None
+    ) -> ReleaseInfo:
+        """Check, parse and remember a Release/InRelease just fetched (or saved).
+
+        An InRelease is verified at once and its signed text is what is parsed. A
+        Release waits for its Release.gpg (:meth:`add_signature`) unless ``signature``
+        is given (a saved copy at start-up); until then it counts as unsigned.
+        """
+        inline = path.rpartition("/")[2] == "InRelease"
+        if self.verifier is None:
+            verdict = Verdict("unchecked", "no verifier")
+        elif inline:
+            verdict = self.verifier.inline(data)
+        elif signature is not None:
+            verdict = self.verifier.detached(data, signature)
+        else:
+            verdict = self.verifier.unsigned("Release.gpg not fetched yet")
+        info = parse_release(path, verdict.content if verdict.content is not None else data)
+        _set_trust(info, verdict, inline)
         key = (mirror, info.dist)
-        if path.endswith("/InRelease") or key not in self.releases:
+        current = self.releases.get(key)
+        if inline or current is None or not current.signed_inline:
             self.releases[key] = info
+            if not inline:
+                self._detached[key] = data
+        log.info("Release %s/%s: %s (%s)", mirror, path, info.trust, info.trust_reason)
         return info
 
-    def release_for(self, mirror: str, path: str) -> ReleaseInfo | None:
-        """The Release whose directory holds ``path``."""
-        marker = path.find("/dists/") if not path.startswith("dists/") else -1
-        start = marker + len("/dists/") if marker >= 0 else len("dists/")
-        end = path.find("/", start)
-        if end < 0:
+    def add_signature(self, mirror: str, path: str, signature: bytes) -> ReleaseInfo | None:
+        """A Release.gpg just fetched: check the Release it signs; its new info, if any."""
+        dist = path.rpartition("/")[0]
+        key = (mirror, dist)
+        data = self._detached.get(key)
+        current = self.releases.get(key)
+        if data is None or current is None or current.signed_inline:
             return None
-        return self.releases.get((mirror, path[:end]))
+        return self.add_release(mirror, f"{dist}/Release" if dist else "Release", data, signature)
+
+    def refusal(self, mirror: str, path: str) -> str | None:
+        """Why an index under ``path`` must be refused (signatures enforced), or None."""
+        if self.verifier is None or not self.verifier.enforcing:
+            return None
+        release = self.release_for(mirror, path)
+        if release is None:
+            return "no verified Release lists it (verify-signatures enforce)"
+        if not release.trusted:
+            return f"its Release is {release.trust}: {release.trust_reason}"
+        return None
+
+    def release_for(self, mirror: str, path: str) -> ReleaseInfo | None:
+        """The Release whose directory holds ``path`` (the deepest, for nested suites)."""
+        directory = path
+        while directory:
+            directory = directory.rpartition("/")[0]
+            found = self.releases.get((mirror, directory))
+            if found is not None:
+                return found
+        return None
 
     def expected(self, mirror: str, path: str) -> IndexEntry | None:
         """Size and SHA256 the Release lists for an index path, if any."""
@@ -132,8 +188,13 @@ class Archive:
         release = self.release_for(mirror, plain_path)
         if release is None:
             raise BadIndexError(f"{mirror}/{path}: no Release known for this index")
-        match = _BINARY_RE.match(plain_path[len(release.dist) + 1 :])
-        if match is None:
+        rel = plain_path[len(release.dist) + 1 :] if release.dist else plain_path
+        match = _BINARY_RE.match(rel)
+        if match is not None:
+            component, arch = match["component"], match["arch"]
+        elif release.flat and rel == "Packages":
+            component, arch = FLAT_COMPONENT, FLAT_ARCH
+        else:
             raise BadIndexError(f"{mirror}/{path}: not a binary Packages index")
         self.loading += 1
         try:  # hashing, scanning and saving 50 MB run off the hub (see offload)
@@ -150,8 +211,10 @@ class Archive:
                 self.cache.write(mirror, plain_path, data)
         finally:
             self.loading -= 1
+        if release.flat:
+            release.root = flat_root(release.dist, index.filenames)
         return self._register(
-            LoadedIndex(mirror, plain_path, release, match["component"], match["arch"], index)
+            LoadedIndex(mirror, plain_path, release, component, arch, index, release.trusted)
         )
 
     def _register(self, loaded: LoadedIndex) -> LoadedIndex:
@@ -163,14 +226,15 @@ class Archive:
             if all(other.index is not old.index for other in self.loaded.values()):
                 self._by_content.pop(old.index.sha256, None)
         log.info(
-            "index %s/%s: %d files, %.1f GB (%s)",
+            "index %s/%s: %d files, %.1f GB (%s)%s",
             loaded.mirror,
             loaded.path,
             len(loaded.index),
             loaded.index.total_size / 1e9,
             loaded.name,
+            "" if loaded.trusted else f"; Release {loaded.release.trust}: not shared",
         )
-        if old is None or old.index is not loaded.index:
+        if old is None or old.index is not loaded.index or old.trusted != loaded.trusted:
             for listener in self.listeners:
                 listener(loaded, old)
         return loaded
@@ -191,19 +255,27 @@ class Archive:
     # --- start-up ---------------------------------------------------------------
 
     def load_saved(self) -> int:
-        """Load every Release and matching ``Packages`` kept in the cache; returns indexes."""
-        for name in ("Release", "InRelease"):  # InRelease last: it wins
-            for mirror, path, file in self.cache.walk(f"**/dists/*/{name}"):
-                try:
-                    self.add_release(mirror, path, file.read_bytes())
-                except (OSError, DebtorrentError) as exc:
-                    log.warning("ignoring saved %s/%s: %s", mirror, path, exc)
+        """Load every Release and matching ``Packages`` kept in the cache; returns indexes.
+
+        Each Release is verified again (keys and Valid-Until may have changed).
+        """
+        saved = sorted(self._saved_releases(), key=lambda item: item[1].endswith("InRelease"))
+        for mirror, path, file in saved:  # InRelease last: it wins
+            try:
+                data = file.read_bytes()
+                signature = None
+                if path.rpartition("/")[2] == "Release":
+                    gpg = file.with_name("Release.gpg")
+                    signature = gpg.read_bytes() if gpg.is_file() else None
+                self.add_release(mirror, path, data, signature)
+            except (OSError, DebtorrentError) as exc:
+                log.warning("ignoring saved %s/%s: %s", mirror, path, exc)
         count = 0
         for (mirror, dist), release in list(self.releases.items()):
             for rel, listed in release.entries.items():
-                if not _BINARY_RE.match(rel):
+                if not (_BINARY_RE.match(rel) or (release.flat and rel == "Packages")):
                     continue
-                file = self.cache.get(mirror, f"{dist}/{rel}")
+                file = self.cache.get(mirror, f"{dist}/{rel}" if dist else rel)
                 if file is None:
                     continue
                 try:
@@ -212,8 +284,28 @@ class Archive:
                     if digest != listed.sha256:
                         log.info("saved %s/%s/%s is outdated; not loaded", mirror, dist, rel)
                         continue
-                    self.add_packages(mirror, f"{dist}/{rel}", data, digest=digest, save=False)
+                    where = f"{dist}/{rel}" if dist else rel
+                    self.add_packages(mirror, where, data, digest=digest, save=False)
                     count += 1
                 except (OSError, ValueError, DebtorrentError) as exc:
                     log.warning("ignoring saved %s/%s/%s: %s", mirror, dist, rel, exc)
         return count
+
+    def _saved_releases(self):
+        """``(mirror, path, file)`` of every saved Release and InRelease (pools skipped:
+        they hold nearly every file of the cache and never a Release)."""
+        root = self.cache.root
+        if not root.is_dir():
+            return
+        for mirror_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            for directory, subdirs, files in os.walk(mirror_dir):
+                subdirs[:] = [d for d in subdirs if d not in ("pool", "by-hash")]
+                for name in files:
+                    if name in _RELEASE_NAMES:
+                        file = mirror_dir.joinpath(directory, name)
+                        yield mirror_dir.name, file.relative_to(mirror_dir).as_posix(), file
+
+
+def _set_trust(info: ReleaseInfo, verdict: Verdict, inline: bool) -> None:
+    info.trust, info.trust_reason, info.signer = verdict.state, verdict.reason, verdict.signer
+    info.signed_inline = inline

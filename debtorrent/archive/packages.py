@@ -176,6 +176,14 @@ def _field(stanza: bytes, name: bytes) -> bytes | None:
     return stanza[start : end if end >= 0 else len(stanza)].strip()
 
 
+def _strip_dot(name: str) -> str:
+    """``foo.deb`` for ``./foo.deb``: flat repositories (dpkg-scanpackages,
+    apt-ftparchive run in the directory) write names relative to ``.``."""
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
 def _safe_filename(name: str) -> bool:
     return bool(name) and _UNSAFE_NAME.search(name) is None
 
@@ -227,7 +235,7 @@ def scan_packages(data: bytes, sha256: str | None = None) -> PackageIndex:
     positions = index.positions
     for filename, size, digest in entries:
         try:
-            name = filename.strip().decode("utf-8")
+            name = _strip_dot(filename.strip().decode("utf-8"))
             length = int(size)
             raw_digest = bytes.fromhex(digest.strip().decode("ascii"))
         except (UnicodeDecodeError, ValueError):

@@ -1,8 +1,18 @@
 """Release and InRelease files: what every index of a suite should be.
 
-apt checks the signature; debtorrent only needs the sizes and SHA256 sums, to verify
-the indexes it passes on and to recognise ``by-hash`` requests (modern apt asks for
-``Packages`` only by hash). Parsing uses python-debian's ``Release``.
+The sizes and SHA256 sums verify the indexes the daemon passes on and let it
+recognise ``by-hash`` requests (modern apt asks for ``Packages`` only by hash).
+Parsing uses python-debian's ``Release``. Whether the Release itself is to be believed
+is :mod:`debtorrent.archive.signature`'s call; its verdict is kept here
+(:attr:`ReleaseInfo.trust`), and only a trusted Release's indexes are shared.
+
+Where a Release lives says how its ``Filename`` fields are read:
+
+- the Debian layout: ``<root>/dists/<suite>/InRelease``, the suite possibly holding
+  slashes (``bookworm/updates``); ``Filename`` is relative to ``<root>``;
+- a flat repository (``deb http://host/path ./``): ``<dir>/InRelease`` with no
+  ``dists/`` above it; ``Filename`` is relative to the directory apt's source names,
+  which is ``<dir>`` for ``./`` (see :func:`flat_root` for ``sub/`` sources).
 """
 
 from __future__ import annotations
@@ -15,7 +25,14 @@ from debian.deb822 import Release
 
 from debtorrent.errors import BadIndexError
 
-__all__ = ["IndexEntry", "ReleaseInfo", "archive_root", "parse_release", "strip_signature"]
+__all__ = [
+    "IndexEntry",
+    "ReleaseInfo",
+    "archive_root",
+    "flat_root",
+    "parse_release",
+    "strip_signature",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +66,31 @@ class ReleaseInfo:
     codename: str
     date: str
     by_hash: bool
+    valid_until: str = ""
+    flat: bool = False  # a flat repository: no dists/ above the Release
+    # The signature verdict (debtorrent.archive.signature): "unchecked" until checked.
+    trust: str = "unchecked"
+    trust_reason: str = ""
+    signer: str = ""
+    signed_inline: bool = False  # read from an InRelease (else a Release + Release.gpg)
     entries: dict[str, IndexEntry] = field(default_factory=dict)
     _by_sha256: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
+    @property
+    def trusted(self) -> bool:
+        """Whether the indexes of this Release may be shared with peers."""
+        return self.trust in ("verified", "unchecked")
+
+    def _relative(self, path: str) -> str | None:
+        if not self.dist:
+            return path
+        prefix = self.dist + "/"
+        return path[len(prefix) :] if path.startswith(prefix) else None
+
     def entry(self, path: str) -> IndexEntry | None:
         """The entry of a mirror path under this Release's directory, if listed."""
-        prefix = self.dist + "/"
-        if not path.startswith(prefix):
-            return None
-        return self.entries.get(path[len(prefix) :])
+        rel = self._relative(path)
+        return None if rel is None else self.entries.get(rel)
 
     def resolve_by_hash(self, path: str) -> str | None:
         """The mirror path of the index a ``by-hash/SHA256/<hex>`` path stands for.
@@ -65,13 +98,14 @@ class ReleaseInfo:
         The hash must belong to a listed file in the same directory as the by-hash
         folder, so a hash listed for another component never matches.
         """
-        prefix = self.dist + "/"
-        if not path.startswith(prefix):
+        rel = self._relative(path)
+        if rel is None:
             return None
-        head, sep, digest = path[len(prefix) :].rpartition("by-hash/SHA256/")
+        head, sep, digest = rel.rpartition("by-hash/SHA256/")
         if not sep or "/" in digest:
             return None
         directory = head.rstrip("/")
+        prefix = self.dist + "/" if self.dist else ""
         for candidate in self._by_sha256.get(digest.lower(), []):
             if candidate.rpartition("/")[0] == directory:
                 return prefix + candidate
@@ -91,6 +125,22 @@ def archive_root(path: str) -> str | None:
     return path[: marker - 1] if marker else ""
 
 
+def flat_root(dist: str, filenames: list[str]) -> str:
+    """The directory a flat repository's ``Filename`` fields are relative to.
+
+    apt reads them relative to the source's URI. For ``deb URI ./`` that is the
+    directory of the index (``./foo.deb``); for ``deb URI sub/`` it is the parent,
+    and the index then says ``sub/foo.deb``. The daemon only sees ``URI/sub/Packages``,
+    so it tells the two apart by the names: all starting with the directory's own
+    name means the parent.
+    """
+    parent, _, name = dist.rpartition("/")
+    sample = filenames[:64]
+    if name and sample and all(f.startswith(name + "/") for f in sample):
+        return parent
+    return dist
+
+
 def strip_signature(text: str) -> str:
     """The signed payload of a clear-signed InRelease (or the text itself if unsigned)."""
     if not text.lstrip().startswith(_SIGNED):
@@ -107,11 +157,15 @@ def strip_signature(text: str) -> str:
 
 
 def parse_release(path: str, data: bytes) -> ReleaseInfo:
-    """Parse the Release or InRelease found at mirror path ``path``."""
-    dist = path.rsplit("/", 1)[0]
+    """Parse the Release or InRelease found at mirror path ``path``.
+
+    ``data`` is the signed text where a signature was verified, else the raw file.
+    """
+    dist = path.rpartition("/")[0]
     root = archive_root(path)
-    if root is None:
-        raise BadIndexError(f"{path}: a Release outside dists/")
+    flat = root is None
+    if flat:
+        root = dist
     try:
         text = strip_signature(data.decode("utf-8"))
         release = Release(text)
@@ -126,6 +180,8 @@ def parse_release(path: str, data: bytes) -> ReleaseInfo:
         codename=release.get("Codename", ""),
         date=release.get("Date", ""),
         by_hash=release.get("Acquire-By-Hash", "no").strip().lower() == "yes",
+        valid_until=release.get("Valid-Until", ""),
+        flat=flat,
     )
     for item in release.get("SHA256", []) or []:
         try:

@@ -5,7 +5,8 @@ start-up or when apt updates) gets a :class:`~debtorrent.torrent.packages.Packag
 with nothing enabled. When an index is replaced by a newer one, the old swarm keeps
 seeding its complete files for ``--old-swarm-keep`` seconds, then stops. The proxy
 hands package requests to :meth:`SwarmManager.fetch`, which blocks until the file is
-verified in the cache.
+verified in the cache. An index whose Release did not verify
+(:attr:`LoadedIndex.trusted` false) gets no swarm: it is never offered to peers.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ class SwarmManager:
 
     def _index_loaded(self, loaded: LoadedIndex, old: LoadedIndex | None) -> None:
         digest = loaded.index.sha256
-        if digest not in self.swarms:
+        if not loaded.trusted:
+            log.info("%s/%s: Release not verified; no swarm", loaded.mirror, loaded.path)
+        elif digest not in self.swarms:
             swarm = PackageSwarm(self.session, loaded, self.cache)
             self.swarms[digest] = swarm
             self.session.add_swarm(swarm)

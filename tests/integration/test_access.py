@@ -297,16 +297,20 @@ def test_redirects_elsewhere_are_refused_and_never_reach_apt(repo: Repo, redirec
         "javascript": "javascript:alert(1)",
         "NUL in Location": f"http://{a.address}/moved/{rel}\0.evil",
         "empty Location": "",
-        "a loop": "/debian/dists/bookworm/loop",
+        "a loop": "/debian/dists/bookworm/loop/Contents-all",
     }
     for i, (what, location) in enumerate(cases.items()):
-        path = "dists/bookworm/loop" if what == "a loop" else f"dists/bookworm/x{i}/Contents-all"
+        path = (
+            "dists/bookworm/loop/Contents-all"
+            if what == "a loop"
+            else f"dists/bookworm/x{i}/Contents-all"
+        )
         a.fault(f"/debian/{path}", "redirect", location=location)
         status, headers, body = get(daemon, f"/{a.address}/debian/{path}")
         assert_clean_answer(status, headers, body, what)
         assert status == 502, (what, status, body[:300])
         assert b"passwd" not in body or b"not allowed" in body, (what, body[:300])
-    loops = a.count("/debian/dists/bookworm/loop")
+    loops = a.count("/debian/dists/bookworm/loop/Contents-all")
     assert 1 < loops <= 6, f"redirect loop followed {loops} times"
     assert b.records() == [] and c.records() == [], "a refused redirect reached another mirror"
     log = daemon.log_text()

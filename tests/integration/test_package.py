@@ -302,7 +302,8 @@ def test_unit_verifies(installed: Path):
 def test_service_answers_apt_update_and_stops_on_sigterm(
     service_factory, repo, mirror, apt_factory
 ):
-    service = service_factory()
+    # the fixture mirror listens on loopback, which the daemon reaches only when named
+    service = service_factory("--allowed-mirrors=*,127.0.0.1")
     assert pwd.getpwuid(service.uid()).pw_name == USER
     daemon = SimpleNamespace(url=service.url)
     path_form = apt_factory.path_form(daemon, mirror)

@@ -120,7 +120,11 @@ def request(
     try:
         conn.request(method, target, headers=headers or {})
         r = conn.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        try:
+            body = r.read()
+        except http.client.IncompleteRead as cut:  # a transfer cut short: what came
+            body = cut.partial
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, body
     finally:
         conn.close()
 

@@ -513,6 +513,8 @@ EXPECTED_STATUS = {
     errors.MirrorError: 502,
     errors.MirrorNotFoundError: 404,
     errors.MirrorTimeoutError: 504,
+    errors.MirrorForbiddenError: 403,
+    errors.BusyError: 503,
     errors.DiskFullError: 507,
     errors.CacheError: 503,
 }
@@ -577,7 +579,8 @@ def _call(app: AptApp) -> tuple[int, dict[str, str], bytes]:
     }
     body = b"".join(app(environ, start_response))
     code = int(got["status"].split()[0])
-    assert re.fullmatch(r"\d{3} [A-Za-z -]+", got["status"]), got["status"]
+    # a reason phrase may say why, in printable ASCII: "403 Forbidden (not a file of ...)"
+    assert re.fullmatch(r"\d{3} [A-Za-z][ -~]{0,149}", got["status"]), got["status"]
     return code, got["headers"], body
 
 

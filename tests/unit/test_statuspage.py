@@ -167,6 +167,43 @@ SAMPLE: dict[str, Any] = {
         {"time": NOW - 30, "message": "banned peer 192.0.2.9: sent bad data"},
         {"time": NOW - 90, "message": "fetch deb.example.org/x failed: 503"},
     ],
+    "suites": [
+        {
+            "mirror": "deb.example.org",
+            "path": "debian/dists/bookworm",
+            "origin": "Debian",
+            "suite": "stable",
+            "codename": "bookworm",
+            "trust": "verified",
+            "trusted": True,
+            "reason": "good signature by 4D64FEC119C2029067D6E791F8D2585B8783D481",
+            "signer": "4D64FEC119C2029067D6E791F8D2585B8783D481",
+            "valid_until": None,
+            "indexes": 1,
+        },
+        {
+            "mirror": "deb.example.org",
+            "path": "thirdparty/dists/stable",
+            "origin": "Vendor",
+            "suite": "stable",
+            "codename": "stable",
+            "trust": "no-key",
+            "trusted": False,
+            "reason": "signed by a key in no keyring (0123456789ABCDEF)",
+            "signer": "",
+            "valid_until": "Sat, 01 Jan 2028 00:00:00 UTC",
+            "indexes": 0,
+        },
+    ],
+    "tunnels": {
+        "open": 1,
+        "opened": 4,
+        "refused": 2,
+        "bytes_to_mirror": 9_000,
+        "bytes_from_mirror": 2_000_000,
+        "hosts": ["deb.example.org"],
+        "hint": "https sources are tunnelled, not cached or shared: ...",
+    },
 }
 
 HOSTILE = (

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from debtorrent.apt.urls import FileClass, classify, parse_target
-from debtorrent.errors import BadRequestError
+from debtorrent.apt.urls import FileClass, classify, parse_authority, parse_target
+from debtorrent.errors import BadRequestError, ForbiddenError
 
 MIRROR = "deb.example.org"
 
@@ -68,7 +68,7 @@ def test_escapes_and_garbage_are_refused(raw):
 def test_any_target_parses_safely_or_is_refused(raw):
     try:
         target = parse_target(raw)
-    except BadRequestError:
+    except (BadRequestError, ForbiddenError):
         return
     parts = target.path.split("/")
     assert ".." not in parts and "" not in parts and "." not in parts
@@ -89,7 +89,7 @@ def test_any_target_parses_safely_or_is_refused(raw):
             "debian/dists/bookworm/main/debian-installer/binary-amd64/Packages.gz",
             FileClass.PACKAGES,
         ),
-        ("debian/dists/bookworm/main/binary-amd64/by-hash/SHA256/ab12", FileClass.BY_HASH),
+        ("debian/dists/bookworm/main/binary-amd64/by-hash/SHA256/" + "ab" * 32, FileClass.BY_HASH),
         ("debian/dists/bookworm/main/binary-amd64/Packages.diff/Index", FileClass.PDIFF),
         ("debian/dists/bookworm/main/i18n/Translation-en.diff/T-2024", FileClass.PDIFF),
         ("debian/pool/main/h/hello/hello_2.10-3_amd64.deb", FileClass.PACKAGE),
@@ -101,8 +101,42 @@ def test_any_target_parses_safely_or_is_refused(raw):
         ("debian/dists/bookworm/main/i18n/Translation-en.bz2", FileClass.VOLATILE),
         ("debian/dists/bookworm/main/Contents-amd64.gz", FileClass.VOLATILE),
         ("debian/dists/bookworm/main/dep11/Components-amd64.yml.gz", FileClass.VOLATILE),
-        ("debian/ls-lR.gz", FileClass.VOLATILE),
+        ("debian/ls-lR.gz", FileClass.UNKNOWN),
     ],
 )
 def test_file_classes_follow_the_design_table(path, cls):
     assert classify(path) is cls
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["2130706433", "0x7f000001", "127.1", "0177.0.0.1", "127.0.0.01", "1.2.3.0x4", "017700000001"],
+)
+def test_numeric_hosts_other_than_dotted_quads_are_refused(host):
+    with pytest.raises(ForbiddenError):
+        parse_target(f"/{host}:8080/debian/dists/x/InRelease")
+    with pytest.raises(ForbiddenError):
+        parse_target(f"http://{host}/debian/dists/x/InRelease")
+
+
+@pytest.mark.parametrize(
+    ("raw", "mirror"),
+    [
+        ("/[::ffff:127.0.0.1]:8080/x.deb", "[::ffff:7f00:1]:8080"),
+        ("/[0:0:0:0:0:0:0:1]/x.deb", "[::1]"),
+        ("/[2001:DB8::1]:80/x.deb", "[2001:db8::1]"),
+        ("/192.0.2.1/x.deb", "192.0.2.1"),
+    ],
+)
+def test_ip_literals_are_canonical(raw, mirror):
+    assert parse_target(raw).mirror == mirror
+
+
+def test_connect_targets():
+    assert parse_authority("Deb.Example.org:443") == ("deb.example.org", 443)
+    assert parse_authority("[::1]:443") == ("[::1]", 443)
+    for bad in ("deb.example.org", "a/b:443", "user@host:443", "host:0", "host:99999", "[zz]:443"):
+        with pytest.raises(BadRequestError):
+            parse_authority(bad)
+    with pytest.raises(ForbiddenError):
+        parse_authority("2130706433:443")
