@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests use (installed when run as root and missing).
-TEST_DEBS := apt apt-utils gnupg dpkg-dev opentracker nginx-light aria2 xz-utils bzip2 \
+TEST_DEBS := apt apt-utils gnupg dpkg-dev opentracker nginx-light aria2 transmission-cli \
+	transmission-daemon xz-utils bzip2 \
 	zstd lz4 groff-base man-db chromium
 ARGS ?=
 # make run is a one-machine trial: discovery stays off the network (PEX only talks to

@@ -20,7 +20,15 @@ from typing import Any
 from debtorrent.errors import ConfigError
 from debtorrent.reach import Reach
 
-__all__ = ["DISCOVERY_MECHANISMS", "OPTIONS", "Config", "Option", "load_config", "option"]
+__all__ = [
+    "DISCOVERY_MECHANISMS",
+    "OPTIONS",
+    "Config",
+    "Option",
+    "default",
+    "load_config",
+    "option",
+]
 
 SECTION = "debtorrent"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -553,6 +561,13 @@ _BY_NAME: dict[str, Option] = {opt.name: opt for opt in OPTIONS}
 def option(name: str) -> Option:
     """The table entry for ``name``."""
     return _BY_NAME[name]
+
+
+def default(name: str) -> Any:
+    """The parsed default of option ``name``: code that needs a default asks the table,
+    so no default is written twice (settings objects, the choker)."""
+    opt = _BY_NAME[name]
+    return _parse(opt, opt.default, f"default {name}")
 
 
 @dataclass

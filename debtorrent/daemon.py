@@ -28,8 +28,9 @@ from debtorrent.expiry import Expiry
 from debtorrent.fetch import Fetcher
 from debtorrent.metrics import metrics_app
 from debtorrent.mirror import Mirror
+from debtorrent.policy import Policy
 from debtorrent.state import State
-from debtorrent.status import Status
+from debtorrent.status import Status, StatusSources
 from debtorrent.torrent.manager import SwarmManager
 from debtorrent.torrent.session import Session, SessionSettings
 from debtorrent.torrent.swarmkey import load_swarm_key
@@ -70,7 +71,19 @@ class Daemon:
         self.state = State(config.state_dir)
         self.expiry = Expiry(self.cache, self.archive, config.cache_limit, self.swarms.forget)
         self.started = time.monotonic()
-        self.status = Status(self)
+        self.status = Status(
+            StatusSources(
+                session=self.session,
+                cache_root=self.cache.root,
+                apt_port=config.port,
+                started=self.started,
+                all_time=self.state.totals,
+                mirror_downloads=lambda: self.fetcher.active.values(),
+                indexes_loading=lambda: self.archive.loading,
+                archive=self.archive,
+                tunnels=lambda: self.app.tunnels.snapshot(),
+            )
+        )
         self.app.on_request = self.status.on_request
         self.app.routes["/"] = self.status.page_app
         self.app.routes["/status.json"] = self.status.json_app
@@ -149,6 +162,7 @@ def session_settings(config: Config) -> SessionSettings:
         connect_grace=config.connect_grace,
         http_seed_min_rate=config.http_seed_min_rate,
         http_timeout=config.http_timeout,
+        policy=Policy.from_config(config),
         discovery=tuple(config.discovery),
         lan_only=config.lan_only,
         swarm_key=load_swarm_key(config.swarm_key) if config.swarm_key else None,

@@ -69,6 +69,7 @@ class Expiry:
                     report.freed += size
                     report.size -= size
                     report.files -= 1
+        log.debug("expiry: pass done, %d files kept", report.files)  # tests wait on it
         if report.unlisted or report.over_limit:
             log.info(
                 "expiry: removed %d unlisted and %d least used files, %.1f MB freed; "

@@ -17,6 +17,13 @@ Two things are gathered here rather than asked of other layers:
   handler on the ``debtorrent`` logger. It keeps records, it writes nothing: output
   handlers are still configured only by the entry point. A record below the configured
   ``--log-level`` never reaches it.
+
+Everything else comes through :class:`StatusSources`, the small typed view the daemon
+builds for the status page (the session, the cache root, the apt port, the all-time
+totals, the mirror downloads in flight), and the swarms' own typed reports
+(:meth:`~debtorrent.torrent.swarm.Swarm.info`,
+:meth:`~debtorrent.torrent.swarm.Swarm.downloads`): no attribute looked up by name,
+and the status page holds no reference to the daemon itself.
 """
 
 from __future__ import annotations
@@ -26,18 +33,22 @@ import logging
 import os
 import time
 from collections import Counter, deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import gevent
 
 from debtorrent import __version__
+from debtorrent.archive.indexes import Archive
 from debtorrent.cache import TMP_PREFIX
+from debtorrent.fetch import Download
 from debtorrent.statuspage import render
+from debtorrent.torrent.peer import PeerConnection
+from debtorrent.torrent.session import NOTE_LOGGER, Session
+from debtorrent.torrent.swarm import Swarm
 
-if TYPE_CHECKING:
-    from debtorrent.daemon import Daemon
-
-__all__ = ["CacheUsage", "RecentErrors", "Status"]
+__all__ = ["CacheUsage", "RecentErrors", "Status", "StatusSources"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +63,31 @@ MAX_PEERS_LISTED = 200
 def _share(from_peers: int, from_mirror: int) -> float:
     total = from_peers + from_mirror
     return round(from_peers / total, 4) if total else 0.0
+
+
+@dataclass(frozen=True)
+class StatusSources:
+    """What the status page reads, handed over by the daemon (which it never sees).
+
+    New sources are new fields (with a default, so the daemon and tests that do not
+    have one still build it).
+    """
+
+    session: Session
+    cache_root: str | os.PathLike[str]
+    apt_port: int
+    #: ``time.monotonic()`` at start, for the uptime
+    started: float = field(default_factory=time.monotonic)
+    #: the all-time totals for the session's counters (the checkpoint adds its own)
+    all_time: Callable[[Mapping[str, int]], Mapping[str, int]] = dict
+    #: direct mirror downloads in flight (indexes, files no swarm has)
+    mirror_downloads: Callable[[], Iterable[Download]] = tuple
+    #: Packages indexes being hashed and scanned now (off the hub)
+    indexes_loading: Callable[[], int] = int
+    #: the archive, for the trust state of every Release (``suites``)
+    archive: Archive | None = None
+    #: counts of the CONNECT tunnels (``tunnels``)
+    tunnels: Callable[[], Mapping[str, Any]] = dict
 
 
 class CacheUsage:
@@ -125,7 +161,7 @@ class RecentErrors(logging.Handler):
         self.entries: deque[tuple[float, str]] = deque(maxlen=maxlen)
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name == "debtorrent.torrent.session" and record.funcName == "note":
+        if record.name == NOTE_LOGGER:
             return
         try:
             text = record.getMessage()
@@ -142,12 +178,12 @@ class Status:
     session's counters (key ``apt``) so that the checkpoint keeps them all-time.
     """
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, sources: StatusSources) -> None:
+        self.sources = sources
         self.started_at = time.time()
         self.requests: Counter[tuple[str, int]] = Counter()
         self.request_bytes: Counter[tuple[str, int]] = Counter()
-        self.cache_usage = CacheUsage(daemon.cache.root)
+        self.cache_usage = CacheUsage(sources.cache_root)
         self.errors = RecentErrors()
         self._logger = logging.getLogger("debtorrent")
 
@@ -162,26 +198,26 @@ class Status:
         self.requests[(cls, status)] += 1
         if nbytes > 0:
             self.request_bytes[(cls, status)] += nbytes
-            self.daemon.session.count("apt", nbytes)
+            self.sources.session.count("apt", nbytes)
 
     # --- the snapshot ------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
         """The whole status as plain JSON-able data (see the module docstring)."""
-        daemon = self.daemon
-        session = daemon.session
+        sources = self.sources
+        session = sources.session
         counters = session.counters
-        all_time = daemon.state.totals(counters)
+        all_time = Counter(sources.all_time(counters))
         cache_bytes, cache_files, counted_at = self.cache_usage.current()
         return {
             "version": __version__,
-            "uptime": round(time.monotonic() - daemon.started, 3),
+            "uptime": round(time.monotonic() - sources.started, 3),
             "started": round(self.started_at, 3),
             "peer_id": session.peer_id.decode("latin-1"),
             "peer_port": session.listen_port or None,
             "connections": len(session.connections),
             "discovery": _discovery(session),
-            "indexes_loading": daemon.archive.loading,
+            "indexes_loading": sources.indexes_loading(),
             "totals": {
                 "bytes_to_apt": counters["apt"],
                 "bytes_from_peers": counters["peers"],
@@ -214,45 +250,31 @@ class Status:
                 }
                 for (cls, status), count in sorted(self.requests.items())
             ],
-            "swarms": [_swarm(swarm) for swarm in list(session.swarms.values())],
+            "swarms": [_swarm(swarm, session) for swarm in list(session.swarms.values())],
             "downloads": self._downloads(),
             "errors": self._errors(),
-            "suites": _suites(daemon.archive),
-            "tunnels": daemon.app.tunnels.snapshot(),
+            "suites": _suites(sources.archive) if sources.archive is not None else [],
+            "tunnels": sources.tunnels(),
         }
 
     def _downloads(self) -> list[dict[str, Any]]:
         """Files on their way: through swarms (apt waits on them) and straight from mirrors."""
         out: list[dict[str, Any]] = []
-        mono = time.monotonic()
-        for swarm in list(self.daemon.session.swarms.values()):
-            requests = getattr(swarm, "requests", None)
-            if not requests:
-                continue
-            layout = swarm.layout
-            for file_index, request in list(requests.items()):
-                pieces = layout.file_pieces(file_index)
-                done = sum(layout.piece_size(p) for p in pieces if p in swarm.have)
-                if file_index in getattr(swarm, "fetches", {}):
-                    source = "mirror"
-                elif file_index in getattr(swarm, "peer_fetching", {}):
-                    source = "peers (fetching from the mirror)"
-                else:
-                    source = "peers"
-                started = getattr(request, "started", None)
+        for swarm in list(self.sources.session.swarms.values()):
+            for item in swarm.downloads():
                 out.append(
                     {
                         "swarm": swarm.name,
-                        "mirror": swarm.loaded.mirror,
-                        "path": swarm.index.filenames[file_index],
-                        "size": layout.file_size(file_index),
-                        "done": done,
-                        "source": source,
-                        "waiting": round(mono - started, 1) if started is not None else None,
+                        "mirror": item.mirror,
+                        "path": item.path,
+                        "size": item.size,
+                        "done": item.done,
+                        "source": item.source,
+                        "waiting": item.waiting,
                     }
                 )
-        for download in list(self.daemon.fetcher.active.values()):
-            if getattr(download, "done", False):
+        for download in list(self.sources.mirror_downloads()):
+            if download.done:
                 continue
             out.append(
                 {
@@ -270,7 +292,7 @@ class Status:
     def _errors(self) -> list[dict[str, Any]]:
         """Newest first: session notes (bans) and logged warnings, merged by time."""
         merged = sorted(
-            [*self.daemon.session.events, *self.errors.entries], key=lambda e: e[0], reverse=True
+            [*self.sources.session.events, *self.errors.entries], key=lambda e: e[0], reverse=True
         )
         return [{"time": round(t, 3), "message": text} for t, text in merged[:MAX_ERRORS]]
 
@@ -283,7 +305,7 @@ class Status:
 
     def page_app(self, environ: dict, start_response) -> list[bytes]:
         """``/``: the HTML page, for people."""
-        host = environ.get("HTTP_HOST") or f"localhost:{self.daemon.config.port}"
+        host = environ.get("HTTP_HOST") or f"localhost:{self.sources.apt_port}"
         body = render(self.snapshot(), host=host, now=time.time()).encode("utf-8", "replace")
         return _answer(
             environ,
@@ -339,7 +361,7 @@ def _hint(session: Any, discovery: dict[str, Any]) -> str | None:
     return None
 
 
-def _suites(archive: Any) -> list[dict[str, Any]]:
+def _suites(archive: Archive) -> list[dict[str, Any]]:
     """The trust state of every Release the daemon knows (one per suite and mirror)."""
     out = []
     for (mirror, dist), release in sorted(archive.releases.items()):
@@ -365,21 +387,23 @@ def _suites(archive: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _swarm(swarm: Any) -> dict[str, Any]:
+def _swarm(swarm: Swarm, session: Session) -> dict[str, Any]:
     peers = [p for p in list(swarm.peers) if not p.closed]
-    loaded = getattr(swarm, "loaded", None)
+    info = swarm.info()
+    candidates = session.peer_lists.get(swarm.info_hash)
     return {
         "name": swarm.name,
         "info_hash": swarm.info_hash.hex(),
-        "mirror": loaded.mirror if loaded is not None else None,
-        "index_date": loaded.release.date if loaded is not None else None,
+        "mirror": info.mirror,
+        "index_date": info.index_date,
         "files": swarm.layout.num_files,
-        "files_enabled": len(getattr(swarm, "requests", ())),
-        "files_complete": getattr(swarm, "complete_files", 0),
+        "files_enabled": info.files_enabled,
+        "files_complete": info.files_complete,
         "seeding": swarm.seeding,
         "pieces": swarm.layout.num_pieces,
         "pieces_had": len(swarm.have),
         "peers": len(peers),
+        "candidates": len(candidates) if candidates is not None else 0,
         "down_rate": round(sum(p.down.rate for p in peers)),
         "up_rate": round(sum(p.up.rate for p in peers)),
         "downloaded": swarm.downloaded,
@@ -388,13 +412,13 @@ def _swarm(swarm: Any) -> dict[str, Any]:
     }
 
 
-def _peer(peer: Any) -> dict[str, Any]:
+def _peer(peer: PeerConnection) -> dict[str, Any]:
     ip, port = peer.address[0], peer.address[1]
     return {
         "address": f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}",
         "client": peer.client,
+        "source": peer.source,
         "outgoing": peer.outgoing,
-        "source": getattr(peer, "source", "incoming"),
         "seed": peer.seed,
         "pieces": len(peer.has),
         "down_rate": round(peer.down.rate),

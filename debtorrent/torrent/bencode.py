@@ -1,4 +1,4 @@
-"""A strict bencode codec (BEP 3) that also reports where values sit in the input.
+"""A bencode codec (BEP 3), strict by default, that also reports where values sit.
 
 Why our own: an info hash is the SHA1 of the ``info`` value *exactly as received*, so the
 decoder must hand back its raw byte span, and it must refuse every non-canonical form
@@ -6,6 +6,12 @@ decoder must hand back its raw byte span, and it must refuse every non-canonical
 that accepted the same torrent must agree on its hash, and a lenient decoder lets a
 crafted file mean one thing here and another there. The PyPI ``bencode.py`` is not in
 Debian and accepts unsorted keys.
+
+Strict is for bytes that are hashed (an info dictionary, a ``.torrent``). Where nothing
+is hashed (peer extension messages, tracker and DHT replies) decoding takes
+``strict=False``, as libtorrent's decoder does: dictionary keys in any order (a key
+repeated is still an error: which value would count?) and integers or string lengths
+with leading zeros (``i03e``, ``i-0e``, ``03:abc``). Everything else stays an error.
 
 Decoding is iterative (an explicit stack, never Python recursion) and checks every
 length against the input before slicing, so any input either decodes or raises
@@ -113,30 +119,37 @@ def _encode_into(obj: Any, out: list[bytes], depth: int) -> None:
 # --- decoding -----------------------------------------------------------------------------
 
 
-def decode(data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH, sorted_keys: bool = True) -> Any:
+def decode(
+    data: bytes,
+    *,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    strict: bool = True,
+    sorted_keys: bool = True,
+) -> Any:
     """Decode exactly one bencoded value that fills all of *data*.
 
-    ``sorted_keys=False`` accepts dict keys out of order (never repeated): for tracker
-    replies, where some trackers do not sort and nothing is hashed. Peer messages and
-    metainfo stay strict.
+    ``strict=False`` is the lenient mode of the module docstring, for values nothing
+    hashes (tracker replies: some trackers do not sort their keys). ``sorted_keys=False``
+    is the older spelling of the same.
     """
-    value, end = _decode(data, 0, max_depth, None, sorted_keys)
+    value, end = _decode(data, 0, max_depth, None, strict and sorted_keys)
     if end != len(data):
         raise BencodeError(f"trailing data at offset {end}")
     return value
 
 
 def decode_prefix(
-    data: bytes, start: int = 0, *, max_depth: int = DEFAULT_MAX_DEPTH
+    data: bytes, start: int = 0, *, max_depth: int = DEFAULT_MAX_DEPTH, strict: bool = True
 ) -> tuple[Any, int]:
     """Decode one value beginning at *start*; return it and the offset just after it.
 
     For framings that append raw bytes after a bencoded dict (BEP 9/10 style extension
-    messages): the caller takes ``data[end:]`` as the payload.
+    messages): the caller takes ``data[end:]`` as the payload. Peer messages are not
+    hashed: they are decoded with ``strict=False``.
     """
     if not 0 <= start <= len(data):
         raise BencodeError(f"start offset {start} outside the data")
-    return _decode(data, start, max_depth, None)
+    return _decode(data, start, max_depth, None, strict)
 
 
 def decode_with_spans(
@@ -156,8 +169,8 @@ def decode_with_spans(
     return value, spans
 
 
-def _parse_int(data: bytes, pos: int, n: int) -> tuple[int, int]:
-    """Parse ``i<digits>e`` at *pos* (which holds ``i``)."""
+def _parse_int(data: bytes, pos: int, n: int, strict: bool = True) -> tuple[int, int]:
+    """Parse ``i<digits>e`` at *pos* (which holds ``i``); leading zeros only if not strict."""
     end = data.find(b"e", pos + 1, min(n, pos + 3 + _MAX_INT_DIGITS))
     if end < 0:
         raise BencodeError(f"unterminated or oversized integer at offset {pos}")
@@ -165,21 +178,23 @@ def _parse_int(data: bytes, pos: int, n: int) -> tuple[int, int]:
     digits = body[1:] if body[:1] == b"-" else body
     if not digits or not _DIGITS.issuperset(digits):
         raise BencodeError(f"malformed integer at offset {pos}")
-    if digits[0] == _ZERO and (len(digits) > 1 or len(body) > len(digits)):
+    if strict and digits[0] == _ZERO and (len(digits) > 1 or len(body) > len(digits)):
         raise BencodeError(f"non-canonical integer {body!r} at offset {pos}")
     return int(body), end + 1
 
 
-def _parse_bytes(data: bytes, pos: int, n: int) -> tuple[bytes, int]:
+def _parse_bytes(data: bytes, pos: int, n: int, strict: bool = True) -> tuple[bytes, int]:
     """Parse ``<len>:<bytes>`` at *pos* (which holds a digit)."""
-    # A length longer than the input needs at most len(str(n)) digits; look no further.
-    colon = data.find(b":", pos, min(n, pos + len(str(n)) + 1))
+    # A length longer than the input needs at most len(str(n)) digits; look no further
+    # (leading zeros, lenient only, may add a few).
+    reach = len(str(n)) + 1 + (0 if strict else _MAX_INT_DIGITS)
+    colon = data.find(b":", pos, min(n, pos + reach))
     if colon < 0:
         raise BencodeError(f"malformed or oversized string length at offset {pos}")
     digits = data[pos:colon]
     if not _DIGITS.issuperset(digits):
         raise BencodeError(f"malformed string length at offset {pos}")
-    if digits[0] == _ZERO and len(digits) > 1:
+    if strict and digits[0] == _ZERO and len(digits) > 1:
         raise BencodeError(f"non-canonical string length at offset {pos}")
     length = int(digits)
     start = colon + 1
@@ -193,7 +208,7 @@ def _decode(
     pos: int,
     max_depth: int,
     spans: dict[bytes, tuple[int, int]] | None,
-    sorted_keys: bool = True,
+    strict: bool = True,
 ) -> tuple[Any, int]:
     """Decode one value at *pos*; if *spans* is given, record top-level dict value spans.
 
@@ -213,9 +228,9 @@ def _decode(
             value_start = pos
         c = data[pos]
         if c == _I:
-            value, pos = _parse_int(data, pos, n)
+            value, pos = _parse_int(data, pos, n, strict)
         elif c in _DIGITS:
-            value, pos = _parse_bytes(data, pos, n)
+            value, pos = _parse_bytes(data, pos, n, strict)
         elif c == _L or c == _D:
             if len(stack) >= max_depth:
                 raise BencodeError(f"nesting deeper than {max_depth} at offset {pos}")
@@ -241,9 +256,9 @@ def _decode(
         elif frame[1] is None:
             if not isinstance(value, bytes):
                 raise BencodeError(f"dict key is not a string (before offset {pos})")
-            if sorted_keys and frame[2] is not None and value <= frame[2]:
+            if strict and frame[2] is not None and value <= frame[2]:
                 raise BencodeError(f"dict key {value!r} unsorted or repeated")
-            if not sorted_keys and value in container:
+            if not strict and value in container:
                 raise BencodeError(f"dict key {value!r} repeated")
             frame[1] = value
         else:

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from random import Random
+
+from debtorrent.config import default
 
 __all__ = ["ChokerSettings", "OptimisticUnchoke", "PeerSnapshot", "free_slot_unchokes", "unchoke"]
 
@@ -47,10 +49,10 @@ class PeerSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class ChokerSettings:
-    """Tunables of the choker."""
+    """Tunables of the choker; the upload slots default to the option table's."""
 
-    #: peers unchoked at once, the optimistic one included
-    upload_slots: int = 4
+    #: peers unchoked at once, the optimistic one included (``--upload-slots``)
+    upload_slots: int = field(default_factory=lambda: default("upload-slots"))
     #: seconds between optimistic unchoke rotations
     optimistic_interval: float = 30.0
     #: weight of a newly connected peer when drawing the optimistic unchoke

@@ -103,7 +103,8 @@ class LocalDiscovery:
         self.local_networks = [i.network for f in found for i in (*f.ipv4, *f.ipv6)]
         chosen = [f for f in found if f.multicast]
         if self.bind and self.bind != "::":
-            chosen = [f for f in chosen if any(str(i.ip) == self.bind for i in (*f.ipv4, *f.ipv6))]
+            bound = ipaddress.ip_address(self.bind)  # however it was spelt
+            chosen = [f for f in chosen if any(i.ip == bound for i in (*f.ipv4, *f.ipv6))]
         try:
             if use4 and any(f.ipv4 for f in chosen):
                 self._open4([f for f in chosen if f.ipv4])

@@ -32,6 +32,7 @@ from debtorrent.cache import Cache
 from debtorrent.errors import (
     DebtorrentError,
     DiskFullError,
+    MirrorError,
     MirrorTimeoutError,
     ProtocolError,
     VerificationError,
@@ -39,10 +40,10 @@ from debtorrent.errors import (
 from debtorrent.torrent import wire
 from debtorrent.torrent.layout import LAYOUT1_PIECE_LENGTH, Layout
 from debtorrent.torrent.metainfo import swarm_info_hash
-from debtorrent.torrent.picker import DISABLED, HIGH
+from debtorrent.torrent.picker import DISABLED, HIGH, PieceSet
 from debtorrent.torrent.storage import PackageStore
-from debtorrent.torrent.swarm import Swarm
-from debtorrent.torrent.webseed import MirrorFetch
+from debtorrent.torrent.swarm import FileProgress, Swarm, SwarmInfo
+from debtorrent.torrent.webseed import MirrorFetch, mirror_url
 
 if TYPE_CHECKING:
     from debtorrent.torrent.peer import PeerConnection
@@ -82,6 +83,7 @@ class FileRequest:
         self.final: Path | None = None
         self.started = time.monotonic()
         self.attempts = attempts
+        self.mirror_tries = 0  # fetches from the mirror started for this request
         self._pieces = swarm.layout.file_pieces(file_index)
         self._prefix = 0  # bytes from the start of the file in verified pieces
         self._next = self._pieces.start
@@ -350,7 +352,21 @@ class PackageSwarm(Swarm):
             return
         if not force and self.peer_fetching.get(file_index):
             return
-        fetch = MirrorFetch(self, file_index)
+        mirror, health = self.loaded.mirror, self.session.mirror_health
+        request = self.requests.get(file_index)
+        first_try = request is not None and not request.mirror_tries
+        if request is not None:
+            request.mirror_tries += 1
+        # a failing mirror backs off: the supervisor's retries wait, while the first try
+        # for an apt request goes (apt's own retries are few and spaced; a mirror that
+        # is back is used at once)
+        if not first_try and not health.ready(mirror):
+            if not self._peers_may_supply(file_index):
+                wait = health.retry_in(mirror)
+                self._fail(file_index, MirrorError(mirror, f"failing; next try in {wait:.0f} s"))
+            return
+        url = mirror_url(mirror, self.loaded.release.root, self.index.filenames[file_index])
+        fetch = MirrorFetch(self, file_index, url, self.session.mirror, health, mirror)
         self.fetches[file_index] = fetch
         if self.peers:  # peers may claim it at this very moment: settle before the mirror
             fetch.settle = CLAIM_SETTLE
@@ -367,6 +383,8 @@ class PackageSwarm(Swarm):
         Returns whether it was stored (False: we had it already).
         """
         file_index = fetch.file_index
+        if fetch.last_modified:
+            self.mirror_dates[file_index] = fetch.last_modified
         if piece in self.have:
             return False
         self.store.write(piece, 0, data)
@@ -511,12 +529,19 @@ class PackageSwarm(Swarm):
         log.warning("%s: %s failed its index SHA256", self, name)
         if giver is not None:
             self._distrust(file_index, giver, "its hash list gave a file failing the index SHA256")
+        self._retry_file(file_index, "SHA256 does not match the index")
+
+    def _retry_file(self, file_index: int, why: str) -> None:
+        """Drop a bad copy of a file, tell the peers it failed here (they may hold our
+        pieces or our hash list: void now, and no reason to ban us), then try again."""
+        self._tell_failed(file_index)
         self._reset_file(file_index)
+        name = self.index.filenames[file_index]
         request = self.requests.pop(file_index, None)
         if request is None:
             return
         # readers got bytes of a bad file: cut them; apt's retry joins the new attempt
-        request.fail(VerificationError(name, "SHA256 does not match the index"))
+        request.fail(VerificationError(name, why))
         if request.attempts + 1 >= MAX_ATTEMPTS:
             self.picker.set_file_priority(file_index, DISABLED)
             return
@@ -525,6 +550,37 @@ class PackageSwarm(Swarm):
         self.picker.set_file_priority(file_index, HIGH)
         gevent.spawn(self._supervise, retry)
         self._start_mirror(file_index, force=True)
+
+    def _tell_failed(self, file_index: int) -> None:
+        message = wire.encode_dt_fetching(wire.FetchAborted(file_index, failed=True))
+        for peer in list(self.peers):
+            peer.send_extended(wire.DT_FETCHING, message)
+
+    def _source_failed(self, peer: PeerConnection, file_index: int) -> None:
+        """*peer* says its copy of a file failed at its source: what it announced of the
+        file and the hash list it gave are void. Dropped, not punished: an honest relay
+        of a bad mirror is no liar (one whose list fails here unannounced still is)."""
+        pieces = self.layout.file_pieces(file_index)
+        if peer.seed:
+            self.drop_availability(peer)
+            peer.has = PieceSet.full(self.layout.num_pieces)
+            for piece in pieces:
+                peer.has.discard(piece)
+            self.on_bitfield(peer)
+        else:
+            for piece in pieces:
+                if peer.has.discard(piece):
+                    self.picker.dec_availability(piece)
+        if self.hash_giver.get(file_index) is not peer:
+            return
+        log.info(
+            "%s: %s says %s failed at its source", self, peer, self.index.filenames[file_index]
+        )
+        if any(p in self.have for p in pieces) and not self.file_complete(file_index):
+            self._retry_file(file_index, "a peer's copy failed at its source")
+        else:
+            self.hashes.pop(file_index, None)
+            self.hash_giver.pop(file_index, None)
 
     def _distrust(self, file_index: int, giver: PeerConnection, why: str) -> None:
         self.session.ban(giver.address[0], why)
@@ -644,6 +700,8 @@ class PackageSwarm(Swarm):
             fetching.pop(peer, None)
             if not fetching:
                 self.peer_fetching.pop(msg.file_index, None)
+            if isinstance(msg, wire.FetchAborted) and msg.failed:
+                self._source_failed(peer, msg.file_index)
             self._ask_hashes(msg.file_index, peer)
 
     # --- peers ------------------------------------------------------------------------------
@@ -676,6 +734,38 @@ class PackageSwarm(Swarm):
                 del self.peer_fetching[file_index]
         for key in [k for k in self._hash_asked if k[1] is peer]:
             del self._hash_asked[key]
+
+    # --- status ------------------------------------------------------------------------------
+
+    def info(self) -> SwarmInfo:
+        return SwarmInfo(
+            mirror=self.loaded.mirror,
+            index_date=self.loaded.release.date,
+            files_enabled=len(self.requests),
+            files_complete=self.complete_files,
+        )
+
+    def downloads(self) -> list[FileProgress]:
+        now = time.monotonic()
+        out = []
+        for file_index, request in list(self.requests.items()):
+            if file_index in self.fetches:
+                source = "mirror"
+            elif file_index in self.peer_fetching:
+                source = "peers (fetching from the mirror)"
+            else:
+                source = "peers"
+            out.append(
+                FileProgress(
+                    mirror=self.loaded.mirror,
+                    path=self.index.filenames[file_index],
+                    size=self.layout.file_size(file_index),
+                    done=self._bytes_done(file_index),
+                    source=source,
+                    waiting=round(now - request.started, 1),
+                )
+            )
+        return out
 
     def close(self) -> None:
         for fetch in list(self.fetches.values()):

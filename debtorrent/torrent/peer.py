@@ -6,6 +6,20 @@ two greenlets never interleave bytes on the socket. Everything the connection le
 goes to its swarm (availability, blocks, extension messages); everything it sends is
 decided by the swarm (what to request) and the session's choker (whom to serve).
 Violations of the protocol close the connection and are counted against the address.
+
+Memory a peer controls is bounded in bytes, not messages: the uploader reads the next
+block only while fewer than :attr:`~debtorrent.policy.PeerLimits.send_watermark` bytes
+wait for the socket (libtorrent's send-buffer watermark), so a peer that requests and
+never reads holds about a megabyte, and anything else piling up past
+:attr:`~debtorrent.policy.PeerLimits.max_send_bytes` drops the connection.
+
+A snubbed peer (requests, but no block for
+:attr:`~debtorrent.policy.PeerTimeouts.snub` seconds) keeps one request outstanding, so
+a block from it, any block, clears the flag and it can earn its regular unchoke back.
+A bitfield, have-all or have-none after the first one (aria2 sends them when they are
+shorter than the ``have`` messages they replace) replaces what the peer has. BEP 6:
+a cancel from a fast peer is answered with a reject; allowed-fast pieces are requested
+while the peer chokes us (we send no allowed-fast set of our own, which BEP 6 allows).
 """
 
 from __future__ import annotations
@@ -16,28 +30,27 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import gevent
-from gevent.queue import Queue
+from gevent.event import Event
 
 from debtorrent.errors import DebtorrentError, PeerError, ProtocolError
+from debtorrent.policy import Policy
 from debtorrent.torrent import wire
+from debtorrent.torrent.layout import BLOCK_SIZE
 from debtorrent.torrent.picker import PieceSet
 from debtorrent.torrent.swarmkey import KeyGate
 
 if TYPE_CHECKING:
     from debtorrent.torrent.swarm import Swarm
 
-__all__ = ["PeerConnection", "Rate"]
+__all__ = ["SOURCES", "PeerConnection", "Rate"]
 
 log = logging.getLogger(__name__)
 
-HANDSHAKE_TIMEOUT = 10.0
-IDLE_TIMEOUT = 120.0
-KEEPALIVE_INTERVAL = 60.0
-SNUB_TIMEOUT = 30.0
-PIPELINE = 64  # block requests in flight per peer: ~1 MiB, enough for loopback speed
-MAX_QUEUED_REQUESTS = 500  # requests a peer may queue with us (BEP 10 reqq we announce)
-RECV_SIZE = 262144
-MAX_SEND_QUEUE = 2000  # messages waiting for a peer that does not read
+#: Where a peer's address came from (``PeerConnection.source``); "incoming" for a peer
+#: that dialled us.
+SOURCES = ("tracker", "dht", "lsd", "pex", "static", "incoming")
+#: The most allowed-fast pieces kept per peer (BEP 6 suggests sets of about 10).
+MAX_ALLOWED_FAST = 64
 
 
 class Rate:
@@ -69,15 +82,31 @@ class Rate:
 
 
 class PeerConnection:
-    """The state of one connection; :meth:`run` owns it until it closes."""
+    """The state of one connection; :meth:`run` owns it until it closes.
 
-    def __init__(self, swarm: Swarm, sock: Any, address: tuple[str, int], *, outgoing: bool):
+    *source* says where the address came from (one of :data:`SOURCES`).
+    """
+
+    def __init__(
+        self,
+        swarm: Swarm,
+        sock: Any,
+        address: tuple[str, int],
+        *,
+        outgoing: bool,
+        source: str = "",
+        policy: Policy | None = None,
+    ):
         self.swarm = swarm
         self.sock = sock
         self.address = address
         self.outgoing = outgoing
+        self.source = source or ("static" if outgoing else "incoming")
+        self.policy = policy if policy is not None else swarm.session.policy
         self.peer_id = b""
         self.client = ""
+        # from the extension handshake's ``p``; an outgoing peer listens where we dialled
+        self.listen_port: int | None = address[1] if outgoing else None
         self.am_choking = True
         self.am_interested = False
         self.peer_choking = True
@@ -86,27 +115,31 @@ class PeerConnection:
         self.snubbed = False
         self.fast = False
         self.extensions: dict[str, int] = {}
-        #: where the address came from ("tracker", "dht", "lsd", "pex", "static"), or
-        #: "incoming"; set by the session
-        self.source = "incoming"
-        #: the peer's listen port (its extension handshake's ``p``), for PEX
-        self.listen_port: int | None = address[1] if outgoing else None
         key = swarm.session.swarm_key
         self.gate = KeyGate(key, swarm.info_hash, swarm.peer_id) if key is not None else None
         self.reqq = 250
         self.has = PieceSet(swarm.layout.num_pieces)
         self.seed = False
+        self.allowed_fast: set[int] = set()
         self.requested: dict[tuple[int, int], int] = {}  # (piece, begin) -> length
         self.incoming: deque[wire.Request] = deque()
         self._refused = 0  # requests we could not serve since the last unchoke
         self.down = Rate()
         self.up = Rate()
         self.connected_at = time.monotonic()
-        self.last_block = time.monotonic()
+        self.last_block = time.monotonic()  # last block received, or the last snub
+        self.attached = False  # handshaken and admitted to the swarm
         self.closed = False
         self.close_reason = ""
-        self._out: Queue = Queue()
-        self._wakeup_upload = gevent.event.Event()
+        #: bytes queued for the socket, the batch being sent included
+        self.queued_bytes = 0
+        #: whether the uploader waits for the socket to drain (a peer that does not read)
+        self.waiting_for_drain = False
+        self._out: deque[bytes] = deque()
+        self._out_ready = Event()
+        self._drained = Event()
+        self._last_send = time.monotonic()
+        self._wakeup_upload = Event()
         self._decoder = wire.Decoder(
             swarm.layout.num_pieces, piece_size=swarm.layout.piece_size, handshake=True
         )
@@ -125,8 +158,9 @@ class PeerConnection:
         An incoming connection's handshake was already read by the session (to find
         the swarm); it passes the handshake and its decoder, which holds what followed.
         """
+        timeouts = self.policy.timeouts
         try:
-            self.sock.settimeout(HANDSHAKE_TIMEOUT)
+            self.sock.settimeout(timeouts.handshake)
             self._send_now(wire.encode(wire.Handshake(self.swarm.info_hash, self.swarm.peer_id)))
             early: list = []
             if handshake is None:
@@ -138,14 +172,14 @@ class PeerConnection:
             self._accept_handshake(handshake)
             if decoder is not None:
                 early = self._decoder.feed(b"")
-            self.sock.settimeout(IDLE_TIMEOUT)
+            self.sock.settimeout(timeouts.idle)
             self._greenlets = [
                 gevent.spawn(self._writer),
                 gevent.spawn(self._uploader),
                 gevent.spawn(self._keepalive),
             ]
             if self.gate is not None:
-                self._greenlets.append(gevent.spawn_later(HANDSHAKE_TIMEOUT, self._need_proof))
+                self._greenlets.append(gevent.spawn_later(timeouts.handshake, self._need_proof))
             self._greet()
             self._handle_all(early)
             self._reader()
@@ -161,12 +195,13 @@ class PeerConnection:
 
     def _read_handshake(self) -> tuple[wire.Handshake, list]:
         # one deadline for the whole handshake: a byte now and then must not extend it
-        with gevent.Timeout(HANDSHAKE_TIMEOUT, PeerError("handshake not complete in time")):
+        timeout = self.policy.timeouts.handshake
+        with gevent.Timeout(timeout, PeerError("handshake not complete in time")):
             return self._read_handshake_messages()
 
     def _read_handshake_messages(self) -> tuple[wire.Handshake, list]:
         while True:
-            data = self.sock.recv(RECV_SIZE)
+            data = self.sock.recv(self.policy.limits.recv_size)
             if not data:
                 raise PeerError("closed during handshake")
             messages = self._decoder.feed(data)
@@ -187,6 +222,7 @@ class PeerConnection:
         self._decoder.extended = handshake.supports_extensions
         if not self.swarm.attach(self):
             raise PeerError("swarm full or duplicate peer")
+        self.attached = True
 
     @property
     def proven(self) -> bool:
@@ -199,7 +235,7 @@ class PeerConnection:
             extra = self.gate.handshake_fields() if self.gate is not None else None
             handshake = wire.ExtensionHandshake.local(
                 session.listen_port or None,
-                MAX_QUEUED_REQUESTS,
+                self.policy.limits.max_queued_requests,
                 session.optional_extensions,
                 extra,
             )
@@ -229,6 +265,8 @@ class PeerConnection:
         for greenlet in self._greenlets:
             if greenlet is not current:
                 greenlet.kill(block=False)
+        self._out.clear()
+        self.queued_bytes = 0
         try:
             self.sock.close()
         except OSError:
@@ -238,38 +276,64 @@ class PeerConnection:
     # --- sending --------------------------------------------------------------------
 
     def send(self, message: Any) -> None:
-        """Queue a message; the writer greenlet sends in order.
-
-        A peer that does not read what we send (the queue only grows) is dropped: the
-        queue is memory the peer controls.
-        """
-        if self.closed:
-            return
-        if self._out.qsize() >= MAX_SEND_QUEUE:
-            self.close("peer does not read what we send")
-            return
+        """Queue a message; the writer greenlet sends in order."""
         if self.gate is not None and not self.gate.proven:
             if not self.gate.may_send(message, self.extensions.get(wire.DT_SWARMKEY)):
                 return  # nothing of the swarm before the peer proved the key
-        self._out.put(wire.encode(message))
+        if not self.closed:
+            self._enqueue(wire.encode(message))
+
+    def _enqueue(self, data: bytes) -> None:
+        """Queue bytes for the writer, within the byte limit.
+
+        The queue is memory the peer controls: blocks wait below the watermark (see
+        :meth:`_uploader`); what else piles up past ``max_send_bytes`` means the peer
+        does not read, and it is dropped.
+        """
+        if self.queued_bytes + len(data) > self.policy.limits.max_send_bytes:
+            self.close("peer does not read what we send")
+            return
+        self._out.append(data)
+        self.queued_bytes += len(data)
+        self._out_ready.set()
 
     def _send_now(self, data: bytes) -> None:
         self.sock.sendall(data)
+        self._last_send = time.monotonic()
 
     def _writer(self) -> None:
+        limits = self.policy.limits
         try:
-            for data in self._out:
-                chunks = [data]
-                while not self._out.empty() and len(chunks) < 64:
-                    chunks.append(self._out.get_nowait())
-                self.sock.sendall(b"".join(chunks))
+            while not self.closed:
+                if not self._out:
+                    self._out_ready.clear()
+                    self._out_ready.wait()
+                    continue
+                chunks: list[bytes] = []
+                size = 0
+                while self._out and size < limits.writer_batch:
+                    data = self._out.popleft()
+                    chunks.append(data)
+                    size += len(data)
+                self._send_now(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+                del chunks
+                self.queued_bytes = max(0, self.queued_bytes - size)
+                if self.queued_bytes < limits.send_watermark:
+                    self._drained.set()
         except OSError as exc:
             self.close(f"send failed: {exc}")
 
     def _keepalive(self) -> None:
+        """A keep-alive after ``keepalive`` seconds in which we sent nothing."""
+        interval = self.policy.timeouts.keepalive
         while not self.closed:
-            gevent.sleep(KEEPALIVE_INTERVAL)
-            self.send(wire.KeepAlive())
+            due = self._last_send + interval - time.monotonic()
+            if due > 0:
+                gevent.sleep(due)
+                continue
+            if not self._out:  # else the writer is stuck on a full socket anyway
+                self.send(wire.KeepAlive())
+            gevent.sleep(interval)
 
     def send_extended(self, name: str, payload: dict) -> bool:
         """Send one of our extension messages if the peer accepts it."""
@@ -303,14 +367,25 @@ class PeerConnection:
         if interested:
             self.request_more()
 
+    def _pipeline(self) -> int:
+        """Requests to keep in flight: one while snubbed (libtorrent does the same),
+        so the peer can prove itself again; else the full pipeline."""
+        if self.snubbed:
+            return 1
+        return min(self.policy.limits.pipeline, self.reqq)
+
     def request_more(self) -> None:
-        """Fill the request pipeline with blocks the swarm's picker chooses."""
-        if self.peer_choking or self.closed or self.snubbed:
+        """Fill the request pipeline with blocks the swarm's picker chooses.
+
+        While the peer chokes us, only its allowed-fast pieces may be asked for (BEP 6).
+        """
+        if self.closed or (self.peer_choking and not self.allowed_fast):
             return
-        room = min(PIPELINE, self.reqq) - len(self.requested)
+        room = self._pipeline() - len(self.requested)
         if room <= 0:
             return
-        for piece, begin, length in self.swarm.pick(self, room):
+        allowed = self.allowed_fast if self.peer_choking else None
+        for piece, begin, length in self.swarm.pick(self, room, allowed=allowed):
             self.requested[(piece, begin)] = length
             self.send(wire.Request(piece, begin, length))
 
@@ -326,8 +401,9 @@ class PeerConnection:
     # --- receiving -------------------------------------------------------------------
 
     def _reader(self) -> None:
+        recv_size = self.policy.limits.recv_size
         while not self.closed:
-            data = self.sock.recv(RECV_SIZE)
+            data = self.sock.recv(recv_size)
             if not data:
                 raise PeerError("closed by peer")
             self._handle_all(self._decoder.feed(data))
@@ -371,62 +447,92 @@ class PeerConnection:
             self.swarm.on_have(self, msg.index)
             self.update_interest()
 
-    def _on_bitfield(self, msg: wire.Bitfield) -> None:
-        self.has = PieceSet.from_bytes(msg.bits, self.swarm.layout.num_pieces)
+    def _replace_has(self, has: PieceSet) -> None:
+        """What the peer has is now *has*: a first bitfield, or a later one (aria2 sends
+        one when it is shorter than the haves it replaces, and have-all once complete),
+        which replaces the old set in the picker's availability."""
+        self.swarm.drop_availability(self)
+        self.has = has
         self.swarm.on_bitfield(self)
         self.update_interest()
+
+    def _on_bitfield(self, msg: wire.Bitfield) -> None:
+        self._replace_has(PieceSet.from_bytes(msg.bits, self.swarm.layout.num_pieces))
 
     def _on_have_all(self, msg: wire.HaveAll) -> None:
-        self.has = PieceSet.full(self.swarm.layout.num_pieces)
-        self.swarm.on_bitfield(self)
-        self.update_interest()
+        self._replace_has(PieceSet.full(self.swarm.layout.num_pieces))
 
     def _on_have_none(self, msg: wire.HaveNone) -> None:
-        self.update_interest()
+        self._replace_has(PieceSet(self.swarm.layout.num_pieces))
+
+    def _on_allowed_fast(self, msg: wire.AllowedFast) -> None:
+        if len(self.allowed_fast) < MAX_ALLOWED_FAST:
+            self.allowed_fast.add(msg.index)
+            if self.peer_choking and msg.index in self.has:
+                self.update_interest()
 
     def _on_request(self, msg: wire.Request) -> None:
+        limits = self.policy.limits
         if self.am_choking or msg.index not in self.swarm.have:
             self._refused += 1
-            if self._refused > 2 * MAX_QUEUED_REQUESTS:  # more than any pipeline holds
+            if self._refused > 2 * limits.max_queued_requests:  # more than any pipeline
                 raise ProtocolError("a flood of requests we cannot serve")
             if self.fast:
                 self.send(wire.RejectRequest(msg.index, msg.begin, msg.length))
             return
-        if len(self.incoming) >= MAX_QUEUED_REQUESTS:
-            raise ProtocolError(f"more than {MAX_QUEUED_REQUESTS} queued requests")
+        if len(self.incoming) >= limits.max_queued_requests:
+            raise ProtocolError(f"more than {limits.max_queued_requests} queued requests")
         self.incoming.append(msg)
         self._wakeup_upload.set()
 
     def _on_cancel(self, msg: wire.Cancel) -> None:
+        request = wire.Request(msg.index, msg.begin, msg.length)
         try:
-            self.incoming.remove(wire.Request(msg.index, msg.begin, msg.length))
+            self.incoming.remove(request)
         except ValueError:
-            pass
+            return  # already sent (or never queued): the piece message answers it
+        if self.fast:  # BEP 6: a cancelled request is answered, with a reject
+            self.send(wire.RejectRequest(msg.index, msg.begin, msg.length))
 
     def _on_reject(self, msg: wire.RejectRequest) -> None:
         if self.requested.pop((msg.index, msg.begin), None) is not None:
             self.swarm.on_block_lost(self, msg.index, msg.begin)
 
     def _on_piece(self, msg: wire.Piece) -> None:
-        length = self.requested.pop((msg.index, msg.begin), None)
-        if length is None or length != len(msg.block):
-            return  # cancelled or endgame duplicate: not an error (BEP 3 allows it)
+        # any block proves the peer sends: it is no longer snubbed, whether we still
+        # wanted this block from it or had given the request up (libtorrent does the same)
         self.last_block = time.monotonic()
-        self.snubbed = False
+        was_snubbed, self.snubbed = self.snubbed, False
+        length = self.requested.pop((msg.index, msg.begin), None)
+        if length is None:
+            if not self._unrequested_block_fits(msg):
+                return
+        elif length != len(msg.block):
+            self.swarm.on_block_lost(self, msg.index, msg.begin)
+            return
         self.down.add(len(msg.block))
         self.swarm.on_block(self, msg.index, msg.begin, msg.block)
-        if len(self.requested) <= min(PIPELINE, self.reqq) // 2:
+        if was_snubbed or len(self.requested) <= self._pipeline() // 2:
             self.request_more()  # in batches: each pick ranks every wanted piece
+
+    def _unrequested_block_fits(self, msg: wire.Piece) -> bool:
+        """A block we no longer asked for (dropped at a snub or a choke, cancelled) is
+        still used when it is a whole block of a piece we want; else it is ignored."""
+        if msg.begin % BLOCK_SIZE:
+            return False
+        size = self.swarm.layout.piece_size(msg.index)
+        return len(msg.block) == min(BLOCK_SIZE, size - msg.begin)
 
     def _on_extended(self, msg: wire.Extended) -> None:
         if msg.ext_id == 0:
             handshake = wire.ExtensionHandshake.parse(msg.payload)
             self.extensions = dict(handshake.m)
             self.client = (handshake.v or "")[:64]
-            if handshake.reqq:
-                self.reqq = min(handshake.reqq, 1000)
-            if handshake.p and not self.outgoing:
+            if handshake.p:
                 self.listen_port = handshake.p
+                self.swarm.session.peer_listens(self)
+            if handshake.reqq:
+                self.reqq = min(handshake.reqq, self.policy.limits.max_peer_reqq)
             if self.gate is not None and not self.gate.proven:
                 self.send_extended(
                     wire.DT_SWARMKEY, self.gate.on_handshake(msg.payload, self.peer_id)
@@ -462,10 +568,19 @@ class PeerConnection:
     # --- uploading -------------------------------------------------------------------
 
     def _uploader(self) -> None:
+        """Serve queued requests, one block at a time, never above the watermark."""
+        watermark = self.policy.limits.send_watermark
         while not self.closed:
             if not self.incoming:
                 self._wakeup_upload.clear()
                 self._wakeup_upload.wait()
+                continue
+            if self.queued_bytes >= watermark:
+                # the peer reads slower than we read the disk: wait for its socket
+                self.waiting_for_drain = True
+                self._drained.clear()
+                self._drained.wait()
+                self.waiting_for_drain = False
                 continue
             request = self.incoming.popleft()
             if self.am_choking:
@@ -475,11 +590,14 @@ class PeerConnection:
                 if self.fast:
                     self.send(wire.RejectRequest(request.index, request.begin, request.length))
                 continue
+            if self.closed:
+                return
             self.up.add(len(data))
             self.swarm.on_upload(self, len(data))
-            self.send(wire.Piece(request.index, request.begin, data))
-            if self._out.qsize() > 32:
-                gevent.sleep(0)  # let the writer drain before reading more blocks
+            self._enqueue(wire.encode_piece_header(request.index, request.begin, len(data)))
+            self._enqueue(data)
+            if self.queued_bytes >= self.policy.limits.writer_batch:
+                gevent.sleep(0)  # let the writer send a batch before reading more
 
     def _drop_requests(self) -> None:
         dropped = list(self.requested)
@@ -488,10 +606,15 @@ class PeerConnection:
             self.swarm.on_block_lost(self, piece, begin)
 
     def check_snubbed(self, now: float) -> None:
-        """No block for a while despite requests: hand them to other peers."""
-        if self.requested and now - self.last_block > SNUB_TIMEOUT:
+        """No block for a while despite requests: hand them to other peers, keep one.
+
+        The one request left lets the peer prove itself; it gets a full period again.
+        """
+        if self.requested and now - self.last_block > self.policy.timeouts.snub:
             self.snubbed = True
+            self.last_block = now
             self._drop_requests()
+            self.request_more()
 
 
 _HANDLERS = {
@@ -503,6 +626,7 @@ _HANDLERS = {
     wire.Bitfield: PeerConnection._on_bitfield,
     wire.HaveAll: PeerConnection._on_have_all,
     wire.HaveNone: PeerConnection._on_have_none,
+    wire.AllowedFast: PeerConnection._on_allowed_fast,
     wire.Request: PeerConnection._on_request,
     wire.Cancel: PeerConnection._on_cancel,
     wire.RejectRequest: PeerConnection._on_reject,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Container
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,12 +30,45 @@ if TYPE_CHECKING:
     from debtorrent.torrent.peer import PeerConnection
     from debtorrent.torrent.session import Session
 
-__all__ = ["Swarm", "TorrentSwarm"]
+__all__ = ["FileProgress", "Swarm", "SwarmInfo", "TorrentSwarm"]
 
 log = logging.getLogger(__name__)
 
-MAX_PEERS_PER_SWARM = 50
 MAX_BUFFERED_PIECE = 1 << 20  # larger (v1) pieces are written block by block
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmInfo:
+    """What the status page shows of a swarm beyond its pieces and peers."""
+
+    mirror: str | None = None  #: the mirror whose index it is (package swarms)
+    index_date: str | None = None  #: the Release's Date, as the mirror wrote it
+    files_enabled: int = 0  #: files asked for and not complete
+    files_complete: int = 0  #: files verified and seeded
+
+
+@dataclass(frozen=True, slots=True)
+class FileProgress:
+    """A file on its way through a swarm, as the status page lists it."""
+
+    mirror: str
+    path: str
+    size: int
+    done: int  #: bytes verified
+    source: str  #: "peers", "mirror" or "peers (fetching from the mirror)"
+    waiting: float  #: seconds since it was asked for
+
+
+class _Both:
+    """The pieces in both of two containers (a picker ``only`` restriction)."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: Container[int], b: Container[int]) -> None:
+        self.a, self.b = a, b
+
+    def __contains__(self, piece: object) -> bool:
+        return piece in self.a and piece in self.b
 
 
 class Swarm:
@@ -82,10 +116,7 @@ class Swarm:
         self.peers.discard(peer)
         self.session.release(peer)
         self.picker.drop_peer(peer)
-        if peer.seed:
-            self.picker.remove_seed()
-        else:
-            self.picker.remove_bitfield(peer.has)
+        self.drop_availability(peer)
         self.peer_gone(peer)
 
     def peer_gone(self, peer: PeerConnection) -> None:
@@ -102,6 +133,15 @@ class Swarm:
     def on_have(self, peer: PeerConnection, piece: int) -> None:
         if not peer.seed:
             self.picker.inc_availability(piece)
+
+    def drop_availability(self, peer: PeerConnection) -> None:
+        """Take what the peer has out of the availability (it left, or it sent a new
+        bitfield that replaces the old one); :meth:`on_bitfield` puts a new set in."""
+        if peer.seed:
+            peer.seed = False
+            self.picker.remove_seed()
+        else:
+            self.picker.remove_bitfield(peer.has)
 
     def on_bitfield(self, peer: PeerConnection) -> None:
         if peer.has.complete:
@@ -120,8 +160,15 @@ class Swarm:
 
     # --- blocks --------------------------------------------------------------------------
 
-    def pick(self, peer: PeerConnection, n_blocks: int) -> list[tuple[int, int, int]]:
-        blocks = self.picker.pick(peer, peer.has, n_blocks, only=self.verifiable())
+    def pick(
+        self, peer: PeerConnection, n_blocks: int, *, allowed: Container[int] | None = None
+    ) -> list[tuple[int, int, int]]:
+        """Blocks to request from *peer*; only from *allowed* pieces if given (the BEP 6
+        allowed-fast pieces of a peer that chokes us)."""
+        only = self.verifiable()
+        if allowed is not None:
+            only = allowed if only is None else _Both(allowed, only)
+        blocks = self.picker.pick(peer, peer.has, n_blocks, only=only)
         return [(b.piece, b.begin, b.length) for b in blocks]
 
     def on_block(self, peer: PeerConnection, piece: int, begin: int, data: bytes) -> None:
@@ -250,6 +297,14 @@ class Swarm:
         """Something new is wanted: ask every peer whether it can help."""
         for peer in list(self.peers):
             peer.update_interest()
+
+    def info(self) -> SwarmInfo:
+        """For the status page (package swarms say more)."""
+        return SwarmInfo()
+
+    def downloads(self) -> list[FileProgress]:
+        """Files being fetched for someone waiting (none in a v1 swarm)."""
+        return []
 
     @property
     def seeding(self) -> bool:

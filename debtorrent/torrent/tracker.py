@@ -269,7 +269,7 @@ def parse_http_reply(body: bytes) -> AnnounceReply:
     (BEP 23) or a list of dicts (BEP 3); ``peers6`` is compact IPv6 (BEP 7).
     """
     try:
-        reply = bencode.decode(body, sorted_keys=False)  # some trackers do not sort keys
+        reply = bencode.decode(body, strict=False)  # some trackers do not sort keys
     except BencodeError as exc:
         raise TrackerError(f"reply is not bencoded: {exc}") from None
     if not isinstance(reply, dict):

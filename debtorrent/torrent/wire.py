@@ -11,9 +11,13 @@ that protect the process from a peer, before allocating anything the peer asked 
 a length prefix above ``max_message_len``, a bitfield of the wrong length or with spare
 bits set, piece indices out of range, requests of zero bytes or more than
 ``max_request_len``, blocks past the end of their piece, fixed-size messages of the
-wrong size, fast or extension messages that were not negotiated, and a second
-bitfield/have-all/have-none (or one after a ``have``) all raise
+wrong size, and fast or extension messages that were not negotiated all raise
 :class:`~debtorrent.errors.ProtocolError`; the connection is then closed.
+
+A bitfield, have-all or have-none is accepted at any time, not only first: aria2 sends
+a ``bitfield`` in the middle of a connection whenever it is shorter than the ``have``
+messages it stands for, and ``have all`` once it completes, and libtorrent and
+Transmission accept that. The later one replaces what the peer had.
 
 Unknown message ids are *not* an error: they are returned as :class:`Unknown` (after the
 length check) so the connection can log and ignore them. Clients add messages over the
@@ -21,9 +25,12 @@ years (BEP 52 hash messages, for one) and BEP 3 peers are expected to skip what 
 not understand; the length prefix makes that safe.
 
 Extension messages (id 20) are decoded as one bencoded dict followed by optional raw
-bytes (:attr:`Extended.trailing`), as BEP 9 does. Only extensions whose payload has that
-form are advertised by debtorrent, and BEP 10 lets a peer send only the extensions we
-advertised, so anything else under id 20 is a protocol error.
+bytes (:attr:`Extended.trailing`), as BEP 9 does. The dict is decoded leniently
+(:func:`~debtorrent.torrent.bencode.decode_prefix` with ``strict=False``: keys in any
+order, integers with leading zeros): nothing in it is hashed, and libtorrent accepts the
+same, so an honest client with a sloppy encoder is not struck for it. Only extensions
+whose payload has that form are advertised by debtorrent, and BEP 10 lets a peer send
+only the extensions we advertised, so anything else under id 20 is a protocol error.
 """
 
 from __future__ import annotations
@@ -386,7 +393,6 @@ class Decoder:
         #: whether BEP 10 messages are allowed (both sides set the extension bit)
         self.extended = extended
         self._want_handshake = handshake
-        self._have_seen = False
         self._buf = bytearray()
         self._failed: ProtocolError | None = None
 
@@ -469,11 +475,6 @@ class Decoder:
         if not flag:
             raise ProtocolError(f"{name} message, but that extension was not negotiated")
 
-    def _first_have(self, name: str) -> None:
-        if self._have_seen:
-            raise ProtocolError(f"{name} after the peer already announced pieces")
-        self._have_seen = True
-
     def _message(self, msg_id: int, body: bytes) -> Message:
         size = len(body)
 
@@ -490,7 +491,6 @@ class Decoder:
                 self._need(self.fast, "fast extension")
             index = self._index(_U32.unpack_from(body)[0])
             if msg_id == 4:
-                self._have_seen = True
                 return Have(index)
             return Suggest(index) if msg_id == 0x0D else AllowedFast(index)
         if msg_id in (6, 8, 0x10):
@@ -518,12 +518,10 @@ class Decoder:
             spare = expected * 8 - self.num_pieces
             if spare and body[-1] & ((1 << spare) - 1):
                 raise ProtocolError("bitfield has spare bits set")
-            self._first_have("bitfield")
             return Bitfield(body)
         if msg_id in _FAST_NO_PAYLOAD:
             expect(0)
             self._need(self.fast, "fast extension")
-            self._first_have("have all/have none")
             return _FAST_NO_PAYLOAD[msg_id]
         if msg_id == 9:
             expect(2)
@@ -533,7 +531,7 @@ class Decoder:
             if size < 1:
                 raise ProtocolError("extended message without an extension id")
             try:
-                payload, end = bencode.decode_prefix(body, 1)
+                payload, end = bencode.decode_prefix(body, 1, strict=False)
             except BencodeError as exc:
                 raise ProtocolError(f"extended message {body[0]}: {exc}") from None
             if not isinstance(payload, dict):
@@ -737,9 +735,16 @@ class FetchFinished:
 
 @dataclass(frozen=True, slots=True)
 class FetchAborted:
-    """The sender stopped fetching (error, cancelled, lost the tie-break)."""
+    """The sender stopped fetching (error, cancelled, lost the tie-break).
+
+    *failed* (key ``failed``, 1): the file the sender had failed its whole-file check
+    at the source (the mirror sent a bad file, or a peer's hash list led to one). Its
+    pieces of that file and the hash list it gave are void: a receiver drops them and
+    does not ban the sender for them. Peers that predate the key read a plain abort.
+    """
 
     file_index: int
+    failed: bool = False
 
 
 _FETCH_TYPES: dict[type, int] = {FetchStarted: 0, FetchFinished: 1, FetchAborted: 2}
@@ -750,6 +755,8 @@ def encode_dt_fetching(msg: FetchStarted | FetchFinished | FetchAborted) -> dict
     payload: dict[str, Any] = {"msg_type": _FETCH_TYPES[type(msg)], "file": msg.file_index}
     if isinstance(msg, FetchStarted):
         payload["t"] = msg.started_ms
+    if isinstance(msg, FetchAborted) and msg.failed:
+        payload["failed"] = 1
     return payload
 
 
@@ -764,7 +771,9 @@ def decode_dt_fetching(
         if not isinstance(t, int) or not 0 <= t < 1 << 63:
             raise ProtocolError(f"dt_fetching: start time {t!r} is not a timestamp")
         return FetchStarted(index, t)
-    return FetchFinished(index) if msg_type == 1 else FetchAborted(index)
+    if msg_type == 1:
+        return FetchFinished(index)
+    return FetchAborted(index, failed=payload.get(b"failed") == 1)
 
 
 class FetchClaim(NamedTuple):

@@ -183,24 +183,25 @@ def test_mirrors_outside_allowed_mirrors_get_403_and_are_never_contacted(
         f"/0x7f000001:{allowed.port}/debian/{rel}",
         f"/127.0.0.1/debian/{rel}",  # port 80
     ]
-    smuggled = [  # another host hidden in an allowed-looking target: 400 or 403
+    smuggled = [  # another host hidden in an allowed-looking target: a bad request...
         f"/{a}@{b}/debian/{rel}",
         f"http://{a}@{b}/debian/{rel}",
         f"http://{b}#@{a}/debian/{rel}",
         f"/{a}:{other_host.port}/debian/{rel}",
         f"/{a}%2f..%2f{b}/debian/{rel}",
         f"/{b}%23{a}/debian/{rel}",
-        f"/{b}%2f{a}/debian/{rel}",
         f"/{b}\\@{a}/debian/{rel}",
         f"http://{b}%40{a}/debian/{rel}",
         f"http://{b}:{allowed.port}/debian/{rel}",
     ]
+    # ... except where the target reads as a mirror that is simply not allowed: 403
+    refused.append(f"/{b}%2f{a}/debian/{rel}")
     for target in refused:
         status, _, body = get(daemon, target, "127.0.0.1")
         assert status == 403, (target, status, body[:200])
     for target in smuggled:
         status, _, body = get(daemon, target, "127.0.0.1")
-        assert status in (400, 403), (target, status, body[:200])
+        assert status == 400, (target, status, body[:200])
     assert other_host.records() == [] and other_port.records() == []
     assert allowed.records() == []
     status, _, body = get(daemon, f"/{a}/debian/{rel}", "127.0.0.1")
@@ -256,7 +257,7 @@ def test_redirects_within_the_allowed_mirror_are_followed(repo: Repo, redirectin
     bad = repo.package("dt-docs")
     a.fault(bad.filename, "redirect", times=1, location=f"/moved/{deb.filename}")
     status, headers, body = get(daemon, f"/{a.address}/debian/{bad.url_path}")
-    assert status != 200 or hashlib.sha256(body).hexdigest() == bad.sha256, "served wrong bytes"
+    assert status == 502, ("wrong bytes behind a redirect", status, body[:200])
     assert b.records() == [] and c.records() == []
 
 
@@ -324,20 +325,23 @@ def test_cr_lf_in_a_redirect_never_reaches_apt(repo: Repo, redirecting) -> None:
     header the mirror injected."""
     daemon, a, b, c = redirecting
     rel = repo.index_rel(repo.inrelease_path)
+    # (Location, the answer): the header lines after a bare CR or LF are cut off, and
+    # what is left is followed if it is an allowed place (200 there; 404 for a path that
+    # does not exist once decoded), refused if not (502)
     cases = [
-        f"http://{a.address}/moved/{rel}\r\nSet-Cookie: injected=1",
-        f"http://{a.address}/moved/{rel}\r\nX-Injected: 1\r\n",
-        f"http://{b.address}/debian/{rel}\r\nX-Injected: 1",
-        f"/moved/{rel}%0d%0aSet-Cookie:%20injected=1",
-        f"/moved/{rel}%0aX-Injected:%201",
-        f"http://{a.address}/moved/{rel}\rRefresh: 0; url=http://{b.address}/",
+        (f"http://{a.address}/moved/{rel}\r\nSet-Cookie: injected=1", 200),
+        (f"http://{a.address}/moved/{rel}\r\nX-Injected: 1\r\n", 200),
+        (f"http://{b.address}/debian/{rel}\r\nX-Injected: 1", 502),
+        (f"/moved/{rel}%0d%0aSet-Cookie:%20injected=1", 404),
+        (f"/moved/{rel}%0aX-Injected:%201", 404),
+        (f"http://{a.address}/moved/{rel}\rRefresh: 0; url=http://{b.address}/", 200),
     ]
-    for i, location in enumerate(cases):
+    for i, (location, want) in enumerate(cases):
         path = f"dists/bookworm/crlf{i}/Contents-all"
         a.fault(f"/debian/{path}", "redirect", location=location)
         status, headers, body = get(daemon, f"/{a.address}/debian/{path}")
         assert_clean_answer(status, headers, body, location)
-        assert status in (200, 404, 502), (location, status, body[:300])
+        assert status == want, (location, status, body[:300])
         assert b"\r" not in body, (location, body[:300])
     assert b.records() == [] and c.records() == []
     lines = daemon.log_text().splitlines()

@@ -153,6 +153,9 @@ class SwarmView:
         return out
 
 
+FAST = bytes([0, 0, 0, 0, 0, 0, 0, 0x04])  # reserved bytes with the BEP 6 bit
+
+
 def bits_to_pieces(bits: bytes, num_pieces: int) -> set[int]:
     return {i for i in range(num_pieces) if bits[i // 8] & (0x80 >> (i % 8))}
 
@@ -162,15 +165,17 @@ def probe_seed(d: Daemon, view: SwarmView, complete: set[str], rng: random.Rando
     block of one of them must come back byte-exact. Returns what was checked."""
     expected = view.pieces_of(complete)
     layout = view.layout
+    # with nothing to offer, a BEP 6 peer is told so (have none): the probe waits for
+    # that answer, where a plain peer would get silence and a guess at how long to wait
+    reserved = b"\0" * 8 if expected else FAST
     with WirePeer(d.bind, d.peer_port, num_pieces=layout.num_pieces, timeout=5) as peer:
-        hs = peer.handshake(view.info_hash, reserved=b"\0" * 8)
+        hs = peer.handshake(view.info_hash, reserved=reserved)
         assert hs is not None and hs.info_hash == view.info_hash, "no handshake for the swarm"
         if not expected:
-            time.sleep(0.3)
-            peer.closed_by_remote(0.2)
-            sent = [m for m in peer.received if isinstance(m, wire.Bitfield)]
-            assert not sent or not bits_to_pieces(sent[0].bits, layout.num_pieces)
-            return "no complete file: no bitfield"
+            peer.wait_for(wire.HaveNone)
+            offered = [m for m in peer.received if isinstance(m, (wire.Bitfield, wire.HaveAll))]
+            assert not offered, offered
+            return "no complete file: have none"
         bitfield = peer.wait_for(wire.Bitfield)
         had = bits_to_pieces(bitfield.bits, layout.num_pieces)
         assert had == expected, (

@@ -301,7 +301,10 @@ def test_swarm_key_members_meet_and_an_eavesdropper_on_the_lan_gets_nothing(
         intruder = WirePeer(a.bind, heard.port, timeout=20)
     with intruder:
         intruder.handshake(heard.info_hashes[0], make_peer_id(b"eaves"), bytes(8))
-        intruder.send(wire.Interested(), wire.Request(0, 0, 16384))
+        try:
+            intruder.send(wire.Interested(), wire.Request(0, 0, 16384))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # already closed: it cannot prove the key without the extension protocol
         assert intruder.closed_by_remote(15)
         assert {type(m).__name__ for m in intruder.received} <= {"KeepAlive"}
     assert status(a)["swarms"][0]["peer_list"][0]["address"].startswith(b.bind)

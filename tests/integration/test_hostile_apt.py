@@ -33,7 +33,7 @@ import pytest
 from tests.conftest import require_tools
 from tests.fixtures.apt import AptClient
 from tests.fixtures.daemon import Daemon
-from tests.fixtures.helpers import closed_by_peer
+from tests.fixtures.helpers import closed_by_peer, wait_until
 from tests.fixtures.mirror import MirrorServer
 from tests.fixtures.net import loopback_aliases_usable
 from tests.fixtures.repo import PackageInfo, Repo
@@ -237,7 +237,8 @@ def test_slowloris_from_a_client_not_allowed_cannot_starve_apt(apt: Apt) -> None
             except OSError:
                 break
             socks.append(s)
-        time.sleep(0.5)
+        # the daemon refuses a client it does not allow before reading: every one closed
+        wait_until(lambda: closed_by_peer(socks) == len(socks), 10, "outsiders refused")
         print(f"{len(socks)} half-sent requests from {OUTSIDER}; daemon holds {apt.fds()} fds")
         try:
             elapsed = timed_get(apt, apt.small, timeout=2 * PROMPT)
@@ -251,13 +252,15 @@ def test_slowloris_from_a_client_not_allowed_cannot_starve_apt(apt: Apt) -> None
         for s in socks:
             s.close()
         subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={before[0]}:{before[1]}"])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # gevent retries accept() after EMFILE
-            try:
-                timed_get(apt, apt.small, timeout=2)
-                break
-            except OSError:
-                time.sleep(0.2)
+    # and once they let go, the daemon serves as before (gevent retries accept() after EMFILE)
+    wait_until(lambda: _answers(apt), 10, "the daemon answering again", every=0.2)
+
+
+def _answers(apt: Apt) -> bool:
+    try:
+        return timed_get(apt, apt.small, timeout=2) >= 0
+    except OSError:
+        return False
 
 
 # ---- limits at their edges --------------------------------------------------------------------
@@ -316,17 +319,20 @@ def test_request_line_limit_is_exact(apt: Apt) -> None:
     assert status_of(raw) == 414, raw[:200]
 
 
+# Each malformed request gets one answer, named here: 400 where the request itself
+# cannot be read; a header line that cannot be parsed is dropped by gevent.pywsgi and
+# the (otherwise well-formed) request is served, 200.
 @pytest.mark.parametrize(
-    "data",
+    ("data", "want"),
     [
-        b"\x00\x01\x02\x03" * 64 + b"\r\n\r\n",
-        b"GET /status.json HTTP/9.9\r\nHost: x\r\nConnection: close\r\n\r\n",
-        b"GET /status.json\x00 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        b"GET /status.json HTTP/1.1\r\nConnection: close\r\nBad header line\r\n\r\n",
-        b"GET /status.json HTTP/1.1\r\nConnection: close\r\nX-Nul: a\x00b\r\n\r\n",
-        b"GET /status.json HTTP/1.1\r\nConnection: close\r\n: no name\r\n\r\n",
-        b"GET  HTTP/1.1\r\n\r\n",
-        b"\r\n\r\n\r\n",
+        (b"\x00\x01\x02\x03" * 64 + b"\r\n\r\n", 400),
+        (b"GET /status.json HTTP/9.9\r\nHost: x\r\nConnection: close\r\n\r\n", 400),
+        (b"GET /status.json\x00 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 400),
+        (b"GET /status.json HTTP/1.1\r\nConnection: close\r\nBad header line\r\n\r\n", 200),
+        (b"GET /status.json HTTP/1.1\r\nConnection: close\r\nX-Nul: a\x00b\r\n\r\n", 200),
+        (b"GET /status.json HTTP/1.1\r\nConnection: close\r\n: no name\r\n\r\n", 200),
+        (b"GET  HTTP/1.1\r\n\r\n", 400),
+        (b"\r\n\r\n\r\n", 400),
     ],
     ids=[
         "binary",
@@ -339,9 +345,9 @@ def test_request_line_limit_is_exact(apt: Apt) -> None:
         "blank",
     ],
 )
-def test_malformed_requests_get_an_error_or_a_close(apt: Apt, data: bytes) -> None:
+def test_malformed_requests_get_an_error_or_a_close(apt: Apt, data: bytes, want: int) -> None:
     raw = exchange(apt, data, timeout=3)
-    assert raw == b"" or status_of(raw) in (200, 400, 404, 414, 431, 505), raw[:200]
+    assert status_of(raw) == want, raw[:200]
     timed_get(apt, apt.small)
 
 
@@ -399,13 +405,15 @@ def test_clients_that_never_read_do_not_stop_others(apt: Apt) -> None:
     socks: list[socket.socket] = []
     req = b"GET " + apt.path(apt.medium).encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     rss0 = apt.rss()
+    fds0 = apt.fds()
     try:
         for i in range(50):
             s = apt.connect(f"127.0.0.{30 + i}")
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             s.sendall(req * 20)
             socks.append(s)
-        time.sleep(1.0)
+        # measured once the daemon holds all fifty (each stalled on its full socket)
+        wait_until(lambda: apt.fds() >= fds0 + 50, 10, "fifty stalled readers accepted")
         worst = max(timed_get(apt, apt.small) for _ in range(5))
         worst = max(worst, timed_get(apt, apt.medium))
         print(f"50 stalled readers: slowest real request {worst:.3f} s")

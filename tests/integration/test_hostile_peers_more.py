@@ -32,9 +32,9 @@ from pathlib import Path
 import pytest
 
 from debtorrent.archive.packages import scan_packages
+from debtorrent.policy import PeerTimeouts
 from debtorrent.torrent import wire
 from debtorrent.torrent.layout import Layout
-from debtorrent.torrent.peer import HANDSHAKE_TIMEOUT
 from tests.conftest import require_tools
 from tests.fixtures.apt import AptClient
 from tests.fixtures.daemon import Daemon
@@ -48,6 +48,7 @@ pytestmark = pytest.mark.skipif(
     not loopback_aliases_usable(), reason="needs distinct 127.0.0.x addresses"
 )
 
+HANDSHAKE_TIMEOUT = PeerTimeouts().handshake
 MiB = 1024 * 1024
 PROMPT = 2.0  # seconds an apt request for a cached file may take during an attack
 PROBE_TIMEOUT = 5.0
@@ -473,6 +474,7 @@ def test_slowloris_half_handshakes_are_closed_after_the_handshake_timeout(
     HANDSHAKE_TIMEOUT (10 s), none earlier than that, and apt is served meanwhile."""
     half = wire.encode(wire.Handshake(target.info_hash, peer_id(), b"\0" * 8))[:30]
     socks: list[socket.socket] = []
+    fds0 = target.fds()
     try:
         with under_attack(target, f"{SLOWLORIS} half handshakes"):
             t0 = time.monotonic()
@@ -484,8 +486,12 @@ def test_slowloris_half_handshakes_are_closed_after_the_handshake_timeout(
                 )
                 s.sendall(half)
                 socks.append(s)
-            time.sleep(1.0)
-            fds = target.fds()
+            # the daemon accepted every one (a descriptor each) before any is judged
+            fds = wait_until(
+                lambda: (n := target.fds()) >= fds0 + SLOWLORIS and n,
+                HANDSHAKE_TIMEOUT / 2,
+                "every half handshake accepted",
+            )
             early = closed_by_peer(socks)
             print(f"{fds} descriptors open in the daemon with {SLOWLORIS} half handshakes")
             assert early == 0, f"{early} half handshakes closed before the timeout"
@@ -561,8 +567,14 @@ def test_burst_of_1000_connections_the_caps_hold(target: Target) -> None:
                     socks.append(s)
                 except OSError:
                     refused += 1
-            time.sleep(2.0)
-            # the daemon answers the handshake of the admitted ones and closes the rest
+
+            # the daemon answers the handshake of the admitted ones and closes the rest:
+            # settled once every socket still open is a connection the status counts
+            def settled() -> bool:
+                kept = len(socks) - closed_by_peer(socks)
+                return kept == target.status()["connections"]
+
+            wait_until(settled, 15, "every connection admitted or closed", every=0.2)
             kept = len(socks) - closed_by_peer(socks)
             status = target.status()
             stop.set()

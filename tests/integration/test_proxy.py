@@ -586,7 +586,8 @@ def test_a_failed_mirror_fetch_is_retried_from_the_start(
     p = repo.package("dt-big")
     mirror.fault(p.filename, "truncate", times=1)
     status, _, body = request(daemon, deb_target(mirror, p))
-    assert status != 200 or len(body) != p.size
+    # failed, never complete: a 502 before the first byte, or (under load) a cut 200
+    assert status == 502 or (status == 200 and len(body) < p.size), (status, len(body))
     status, _, body = request(daemon, deb_target(mirror, p))
     assert (status, sha256(body)) == (200, p.sha256)
     assert [r.range for r in deb_requests(mirror, p)] == [None, None]
@@ -600,8 +601,9 @@ def test_a_failed_request_leaves_no_fetch_and_no_temporary_file(
     load_index(daemon, mirror, repo)
     p = repo.package("dt-big")
     mirror.fault(p.filename, "truncate")
-    status, _, _ = request(daemon, deb_target(mirror, p))
-    assert status == 502
+    status, _, body = request(daemon, deb_target(mirror, p))
+    # failed, never complete: a 502 before the first byte, or (under load) a cut 200
+    assert status == 502 or (status == 200 and len(body) < p.size), (status, len(body))
     wait_mirror_quiet(mirror, p)
     assert len(deb_requests(mirror, p)) == 1  # nobody asked again
     assert temporaries(daemon.cache_dir) == []

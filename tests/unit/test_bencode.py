@@ -97,6 +97,32 @@ def test_decode_refuses(data: bytes) -> None:
         bencode.decode(data)
 
 
+@pytest.mark.parametrize(
+    ("data", "value"),
+    [
+        (b"d1:bi1e1:ai2ee", {b"a": 2, b"b": 1}),  # unsorted keys
+        (b"i03e", 3),
+        (b"i-0e", 0),
+        (b"03:abc", b"abc"),
+        (b"d4:spaml1:be1:a0:e", {b"a": b"", b"spam": [b"b"]}),
+    ],
+)
+def test_lenient_mode_accepts_non_canonical_forms(data: bytes, value: object) -> None:
+    """Where nothing is hashed (peer extension messages, tracker and DHT replies)."""
+    assert bencode.decode(data, strict=False) == value
+    assert bencode.decode_prefix(data + b"xyz", strict=False) == (value, len(data))
+    with pytest.raises(BencodeError):
+        bencode.decode(data)  # strict stays the default (info dictionaries)
+
+
+@pytest.mark.parametrize(
+    "data", [b"d1:ai1e1:ai2ee", b"i1ei2e", b"di1ei1ee", b"iae", b"i-e", b"5:abc", b"l"]
+)
+def test_lenient_mode_still_refuses_what_has_no_meaning(data: bytes) -> None:
+    with pytest.raises(BencodeError):
+        bencode.decode(data, strict=False)
+
+
 def test_depth_limit_is_exact() -> None:
     assert bencode.decode(b"l" * 64 + b"e" * 64) is not None
     with pytest.raises(BencodeError):

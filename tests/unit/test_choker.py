@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+from debtorrent.config import option
 from debtorrent.torrent.choker import (
     ChokerSettings,
     OptimisticUnchoke,
@@ -28,6 +29,9 @@ class Clock:
         return self.now
 
 
+#: the rankings below are written for four slots
+FOUR = ChokerSettings(upload_slots=4)
+
 PEERS = [
     peer("a", down=50, up=1),
     peer("b", down=40, up=2),
@@ -39,17 +43,17 @@ PEERS = [
 
 
 def test_leeching_ranks_by_download_rate() -> None:
-    assert unchoke(PEERS, seeding=False) == {"a", "b", "c", "d"}
-    assert unchoke(PEERS, seeding=False, optimistic="e") == {"a", "b", "c", "e"}
+    assert unchoke(PEERS, seeding=False, settings=FOUR) == {"a", "b", "c", "d"}
+    assert unchoke(PEERS, seeding=False, settings=FOUR, optimistic="e") == {"a", "b", "c", "e"}
 
 
 def test_seeding_ranks_by_upload_rate() -> None:
-    assert unchoke(PEERS, seeding=True) == {"e", "d", "c", "b"}
-    assert unchoke(PEERS, seeding=True, optimistic="a") == {"e", "d", "c", "a"}
+    assert unchoke(PEERS, seeding=True, settings=FOUR) == {"e", "d", "c", "b"}
+    assert unchoke(PEERS, seeding=True, settings=FOUR, optimistic="a") == {"e", "d", "c", "a"}
 
 
 def test_uninterested_peers_are_never_unchoked() -> None:
-    assert "f" not in unchoke(PEERS, seeding=False, optimistic="f")
+    assert "f" not in unchoke(PEERS, seeding=False, settings=FOUR, optimistic="f")
     assert unchoke([peer("x", interested=False)], seeding=False) == set()
 
 
@@ -80,7 +84,7 @@ def test_ties_keep_unchoked_peers_unchoked() -> None:
 
 def test_optimistic_rotates_every_interval() -> None:
     clock = Clock()
-    opt = OptimisticUnchoke(clock=clock, rng=random.Random(3))
+    opt = OptimisticUnchoke(FOUR, clock=clock, rng=random.Random(3))
     peers = [peer(n, down=100 - i) for i, n in enumerate("abcdefgh")]
     first = opt.update(peers, seeding=False)
     # Never one of the three that get regular slots anyway.
@@ -96,7 +100,7 @@ def test_optimistic_rotates_every_interval() -> None:
 
 def test_optimistic_moves_when_its_peer_leaves_or_loses_interest() -> None:
     clock = Clock()
-    opt = OptimisticUnchoke(clock=clock, rng=random.Random(0))
+    opt = OptimisticUnchoke(FOUR, clock=clock, rng=random.Random(0))
     peers = [peer(n) for n in "abcdef"]
     first = opt.update(peers, seeding=False)
     rest = [p for p in peers if p.peer != first]
@@ -107,12 +111,12 @@ def test_optimistic_moves_when_its_peer_leaves_or_loses_interest() -> None:
 
 
 def test_optimistic_prefers_choked_peers_and_may_be_none() -> None:
-    opt = OptimisticUnchoke(clock=Clock(), rng=random.Random(0))
+    opt = OptimisticUnchoke(FOUR, clock=Clock(), rng=random.Random(0))
     peers = [peer("a", down=9), peer("b", down=8), peer("c", down=7)]
     peers += [peer("d", choked=False), peer("e")]
     assert opt.update(peers, seeding=False) == "e"
-    assert OptimisticUnchoke(clock=Clock()).update([], seeding=False) is None
-    lonely = OptimisticUnchoke(clock=Clock())
+    assert OptimisticUnchoke(FOUR, clock=Clock()).update([], seeding=False) is None
+    lonely = OptimisticUnchoke(FOUR, clock=Clock())
     assert lonely.update([peer("x", interested=False)], seeding=False) is None
 
 
@@ -126,6 +130,15 @@ def test_new_peers_are_three_times_as_likely() -> None:
         counts[opt.update(peers, seeding=False)] += 1
     share = counts["new"] / 3000
     assert 0.5 < share < 0.7  # 3 / (1 + 1 + 3) = 0.6
+
+
+def test_default_upload_slots_come_from_the_option_table() -> None:
+    """One default, in the table: the choker once said 4 while --upload-slots said 8."""
+    table = int(option("upload-slots").default)
+    assert ChokerSettings().upload_slots == table
+    assert OptimisticUnchoke().settings.upload_slots == table
+    many = [peer(f"p{i}", down=i) for i in range(table + 3)]
+    assert len(unchoke(many, seeding=False)) == table
 
 
 def test_free_slots_go_to_waiting_interested_peers_between_rounds() -> None:

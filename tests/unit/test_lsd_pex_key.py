@@ -389,21 +389,22 @@ def test_bad_discovery_options_are_config_errors(name, value):
 
 
 def test_lan_only_drops_addresses_outside_the_lan_from_every_source():
-    from debtorrent.torrent.session import SOURCES, Session, SessionSettings
+    from types import SimpleNamespace
 
-    session = Session(SessionSettings(discovery=("lsd", "dht", "pex"), lan_only=True))
-    dialled = []
-    session.connect = lambda swarm, address, source: dialled.append((address, source))
-    assert not session.discovery.use_dht  # LAN-only keeps the DHT off whatever is asked
+    from debtorrent.torrent.peer_list import CANDIDATE_SOURCES, PeerList
+    from debtorrent.torrent.session import Session, SessionSettings
+
+    swarm = SimpleNamespace(info_hash=b"s" * 20, closed=False)
     addresses = [("192.168.1.5", 1), ("8.8.8.8", 2), ("fd00::5", 3), ("2001:db8::1", 4)]
-    for source in SOURCES:
-        session.add_candidates(object(), addresses, source)
-    assert {a for a, _s in dialled} == {("192.168.1.5", 1), ("fd00::5", 3)}
-    assert {s for _a, s in dialled} == set(SOURCES)
-    assert session.candidates["pex"] == 2
 
-    open_session = Session(SessionSettings(discovery=("pex",)))
-    dialled.clear()
-    open_session.connect = lambda swarm, address, source: dialled.append((address, source))
-    open_session.add_candidates(object(), addresses, "tracker")
-    assert len(dialled) == 4
+    def listed(session: Session) -> set:
+        session.peer_lists[swarm.info_hash] = peers = PeerList()
+        for source in CANDIDATE_SOURCES:
+            session.add_candidates(swarm, addresses, source)
+        return {c.address for c in peers}
+
+    lan = Session(SessionSettings(discovery=("lsd", "dht", "pex"), lan_only=True))
+    assert not lan.discovery.use_dht  # LAN-only keeps the DHT off whatever is asked
+    assert listed(lan) == {("192.168.1.5", 1), ("fd00::5", 3)}
+    assert lan.candidates["pex"] == 2
+    assert listed(Session(SessionSettings(discovery=("pex",)))) == set(addresses)

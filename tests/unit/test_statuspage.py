@@ -116,6 +116,7 @@ SAMPLE: dict[str, Any] = {
             "pieces": 409000,
             "pieces_had": 40,
             "peers": 1,
+            "candidates": 3,
             "down_rate": 1_500_000,
             "up_rate": 20_000,
             "downloaded": 4_000_000,
@@ -124,8 +125,8 @@ SAMPLE: dict[str, Any] = {
                 {
                     "address": "192.0.2.7:9989",
                     "client": "debtorrent 0.1.0",
+                    "source": "tracker",
                     "outgoing": True,
-                    "source": "lsd",
                     "seed": False,
                     "pieces": 30,
                     "down_rate": 1_500_000,

@@ -218,9 +218,6 @@ def piece_size(index: int) -> int:
         (frame(5, b"\xff\xff"), "bitfield of 2 bytes"),
         (frame(5, b"\xff\xff\xff\xf0"), "bitfield of 4 bytes"),
         (frame(5, b"\xff\xff\xf8"), "spare bits"),
-        (wire.encode(Bitfield(b"\0\0\0")) * 2, "already announced"),
-        (wire.encode(Have(1)) + wire.encode(Bitfield(b"\0\0\0")), "already announced"),
-        (wire.encode(HaveAll()) + wire.encode(HaveNone()), "already announced"),
         (wire.encode(Have(N)), "out of range"),
         (wire.encode(Suggest(N)), "out of range"),
         (wire.encode(AllowedFast(2**32 - 1)), "out of range"),
@@ -249,6 +246,34 @@ def piece_size(index: int) -> int:
 def test_protocol_violations(data: bytes, reason: str) -> None:
     with pytest.raises(ProtocolError, match=reason):
         Decoder(N, piece_size=piece_size).feed(data)
+
+
+def test_a_later_bitfield_or_have_all_is_accepted() -> None:
+    """aria2 sends a bitfield mid-connection when it is shorter than the haves it stands
+    for, and have-all once complete: accepted, as libtorrent and Transmission do."""
+    stream = (
+        wire.encode(Bitfield(b"\0\0\0"))
+        + wire.encode(Have(1))
+        + wire.encode(Bitfield(b"\xff\x00\x00"))
+        + wire.encode(HaveAll())
+        + wire.encode(HaveNone())
+    )
+    assert Decoder(N).feed(stream) == [
+        Bitfield(b"\0\0\0"),
+        Have(1),
+        Bitfield(b"\xff\x00\x00"),
+        HaveAll(),
+        HaveNone(),
+    ]
+
+
+def test_extension_payloads_are_decoded_leniently() -> None:
+    """Unsorted keys and leading zeros in an extension message are no protocol error
+    (nothing there is hashed); libtorrent sends and accepts such payloads."""
+    body = b"\x02d8:msg_typei02e4:filei3ee" + b"raw"
+    assert Decoder(N).feed(frame(20, body)) == [Extended(2, {b"msg_type": 2, b"file": 3}, b"raw")]
+    with pytest.raises(ProtocolError, match="repeated"):
+        Decoder(N).feed(frame(20, b"\x02d1:ai1e1:ai2ee"))
 
 
 def test_request_limits_are_configurable() -> None:
@@ -412,7 +437,8 @@ def test_dt_hashes_ignores_extra_keys() -> None:
 
 
 @pytest.mark.parametrize(
-    "msg", [FetchStarted(7, 1_764_000_000_123), FetchFinished(7), FetchAborted(0)]
+    "msg",
+    [FetchStarted(7, 1_764_000_000_123), FetchFinished(7), FetchAborted(0), FetchAborted(3, True)],
 )
 def test_dt_fetching_round_trip(msg: Any) -> None:
     payload = through_wire(wire.encode_dt_fetching(msg))
@@ -447,3 +473,13 @@ def test_fetch_winner_earliest_then_lowest_peer_id() -> None:
         assert wire.fetch_winner(order) == c
     with pytest.raises(ValueError):
         wire.fetch_winner([])
+
+
+def test_dt_fetching_failed_flag_is_a_plain_abort_to_older_peers() -> None:
+    """The "failed at the source" flag is an extra key: a peer that predates it reads a
+    plain abort (unknown keys are ignored), so a mixed fleet keeps talking."""
+    payload = wire.encode_dt_fetching(FetchAborted(2, failed=True))
+    assert payload == {"msg_type": 2, "file": 2, "failed": 1}
+    assert wire.encode_dt_fetching(FetchAborted(2)) == {"msg_type": 2, "file": 2}
+    older = {k.encode(): v for k, v in payload.items() if k != "failed"}
+    assert wire.decode_dt_fetching(older, num_files=3) == FetchAborted(2)
