@@ -21,6 +21,7 @@ rather than guessed, since a guessed name could differ between peers.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -40,6 +41,7 @@ __all__ = [
     "Metainfo",
     "check_path",
     "create_torrent",
+    "keyed_info_hash",
     "load_torrent",
     "parse_torrent",
     "swarm_info",
@@ -430,3 +432,21 @@ def swarm_info_hash(
     """``SHA1(bencode(swarm_info(...)))``: the 20-byte info hash peers and trackers see."""
     info = swarm_info(origin, codename_or_suite, component, arch, packages_sha256)
     return hashlib.sha1(bencode.encode(info)).digest()
+
+
+# --- swarm keys ---------------------------------------------------------------------------------
+
+
+def keyed_info_hash(info_hash: bytes, swarm_key: bytes | None) -> bytes:
+    """The info hash a swarm uses on the wire: unchanged without a swarm key, else
+    ``HMAC-SHA256(key, "debtorrent info hash" NUL info_hash)`` cut to 20 bytes.
+
+    Every place a swarm's hash is seen (handshakes, trackers, the DHT, LSD) sees this
+    one, so machines without the key (see :mod:`debtorrent.torrent.swarmkey`) never
+    meet machines with it, and the hash reveals nothing of the index behind it. It is
+    applied to whatever identity a swarm has (a Packages index, a v1 torrent).
+    """
+    if swarm_key is None:
+        return info_hash
+    mac = hmac.new(swarm_key, b"debtorrent info hash\0" + info_hash, hashlib.sha256)
+    return mac.digest()[:_SHA1_LEN]

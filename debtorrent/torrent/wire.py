@@ -52,11 +52,14 @@ __all__ = [
     "DEFAULT_RESERVED",
     "DT_FETCHING",
     "DT_HASHES",
+    "DT_SWARMKEY",
     "HANDSHAKE_LEN",
     "LOCAL_EXTENSIONS",
     "MAX_MESSAGE_LEN",
     "MAX_REQUEST_LEN",
+    "OPTIONAL_EXTENSIONS",
     "PEER_ID_PREFIX",
+    "UT_PEX",
     "AllowedFast",
     "Bitfield",
     "Cancel",
@@ -542,8 +545,13 @@ class Decoder:
 #: debtorrent's own extensions.
 DT_HASHES = "dt_hashes"
 DT_FETCHING = "dt_fetching"
+#: BEP 11 peer exchange, and the swarm key proof (:mod:`debtorrent.torrent.swarmkey`).
+UT_PEX = "ut_pex"
+DT_SWARMKEY = "dt_swarmkey"
 #: The ids we assign to the extensions we accept: peers send them to us under these.
-LOCAL_EXTENSIONS: Mapping[str, int] = {DT_HASHES: 1, DT_FETCHING: 2}
+#: ``ut_pex`` and ``dt_swarmkey`` are only advertised when in use.
+LOCAL_EXTENSIONS: Mapping[str, int] = {DT_HASHES: 1, DT_FETCHING: 2, UT_PEX: 3, DT_SWARMKEY: 4}
+OPTIONAL_EXTENSIONS = frozenset({UT_PEX, DT_SWARMKEY})
 
 
 @dataclass(frozen=True, slots=True)
@@ -560,10 +568,13 @@ class ExtensionHandshake:
     v: str | None = None
     p: int | None = None
     reqq: int | None = None
+    #: further top-level keys we send (an extension's own fields); not filled by parse
+    extra: Mapping[str, Any] | None = None
 
     def message(self) -> Extended:
         """The :class:`Extended` message (ext id 0) carrying this handshake."""
-        payload: dict[str, Any] = {"m": dict(self.m)}
+        payload: dict[str, Any] = dict(self.extra or {})
+        payload["m"] = dict(self.m)
         if self.v is not None:
             payload["v"] = self.v
         if self.p is not None:
@@ -573,9 +584,22 @@ class ExtensionHandshake:
         return Extended(0, payload)
 
     @classmethod
-    def local(cls, port: int | None = None, reqq: int | None = 250) -> ExtensionHandshake:
-        """Our own handshake: :data:`LOCAL_EXTENSIONS`, :data:`CLIENT_VERSION`."""
-        return cls(m=dict(LOCAL_EXTENSIONS), v=CLIENT_VERSION, p=port, reqq=reqq)
+    def local(
+        cls,
+        port: int | None = None,
+        reqq: int | None = 250,
+        optional: Iterable[str] = (),
+        extra: Mapping[str, Any] | None = None,
+    ) -> ExtensionHandshake:
+        """Our own handshake: :data:`LOCAL_EXTENSIONS` (of the optional ones, those
+        named in ``optional``), :data:`CLIENT_VERSION`, and ``extra`` keys."""
+        wanted = set(optional)
+        m = {
+            name: ext_id
+            for name, ext_id in LOCAL_EXTENSIONS.items()
+            if name not in OPTIONAL_EXTENSIONS or name in wanted
+        }
+        return cls(m=m, v=CLIENT_VERSION, p=port, reqq=reqq, extra=extra)
 
     @classmethod
     def parse(cls, payload: Mapping[bytes, Any]) -> ExtensionHandshake:
