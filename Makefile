@@ -7,8 +7,11 @@ TEST_DEBS := apt apt-utils gnupg dpkg-dev opentracker nginx-light aria2 transmis
 	transmission-daemon xz-utils bzip2 \
 	zstd lz4 groff-base man-db chromium
 ARGS ?=
+# make run is a one-machine trial: discovery stays off the network (PEX only talks to
+# peers you name). On a real LAN: make run DISCOVERY=lsd,dht,pex
+DISCOVERY ?= pex
 
-.PHONY: run test lint format unit debs venv bench-serve bench-swarm bench-fleet bench-index bench-load bench clean
+.PHONY: run test lint format unit debs venv bench-serve bench-swarm bench-fleet bench-index bench-load bench-lan bench clean
 
 venv: $(VENV)/.stamp
 
@@ -33,7 +36,7 @@ run: venv
 	@echo "debtorrent: add one of these to apt (path form or proxy form):"
 	@echo "  deb http://localhost:9988/deb.example.org/debian bookworm main"
 	@echo '  Acquire::http::Proxy "http://localhost:9988/";'
-	$(PY) bin/debtorrent $(ARGS)
+	$(PY) bin/debtorrent --discovery $(DISCOVERY) $(ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -63,6 +66,9 @@ bench-index: venv
 
 bench-load: venv debs
 	$(PY) bench/load.py $(ARGS)
+
+bench-lan: venv debs
+	$(PY) bench/lan.py $(ARGS)
 
 bench: bench-serve bench-swarm bench-fleet bench-index bench-load
 

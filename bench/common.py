@@ -289,6 +289,7 @@ def start_debtorrent(
         level,
     ]
     args += ["--peer-port", str(free_port()), "--peer-bind", "127.0.0.1"]  # keep it local
+    args += ["--discovery", "pex", "--dht-bootstrap", "none"]  # no LSD, no DHT
     # the mirror is on loopback (named to be reached); the bench archive is unsigned
     args += ["--allowed-mirrors", "*,127.0.0.1", "--verify-signatures", "off"]
     proc = procs.start("debtorrent", args, log, cwd=CHECKOUT)

@@ -292,6 +292,10 @@ class Bench:
                     str(port),
                     "--peer-bind",
                     host,
+                    "--discovery",  # nothing leaves the machine: no LSD, no DHT
+                    "pex",
+                    "--dht-bootstrap",
+                    "none",
                     "--peer-port",
                     str(peer_port),
                     "--cache-dir",

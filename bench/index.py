@@ -454,6 +454,10 @@ def daemon_run(cache: Path, work: Path, run: int, expect: dict[str, int]) -> dic
         str(port),
         "--peer-bind",
         host,
+        "--discovery",  # nothing leaves the machine: no LSD, no DHT
+        "pex",
+        "--dht-bootstrap",
+        "none",
         "--peer-port",
         str(peer_port),
         "--cache-dir",

@@ -141,6 +141,10 @@ class DaemonProc:
             str(self.port),
             "--peer-bind",
             HOST,
+            "--discovery",  # nothing leaves the machine: no LSD, no DHT
+            "pex",
+            "--dht-bootstrap",
+            "none",
             "--peer-port",
             str(self.peer_port),
             "--cache-dir",

@@ -20,7 +20,15 @@ from typing import Any
 from debtorrent.errors import ConfigError
 from debtorrent.reach import Reach
 
-__all__ = ["OPTIONS", "Config", "Option", "default", "load_config", "option"]
+__all__ = [
+    "DISCOVERY_MECHANISMS",
+    "OPTIONS",
+    "Config",
+    "Option",
+    "default",
+    "load_config",
+    "option",
+]
 
 SECTION = "debtorrent"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -144,6 +152,45 @@ def _host_port(text: str) -> tuple[str, int]:
         if not all(c.isalnum() or c in "-." for c in host):
             raise ValueError(f"{text!r} is not HOST:PORT") from None
     return host, _port(port)
+
+
+def _port_or_zero(text: str) -> int:
+    value = _int(text)
+    if value > 65535:
+        raise ValueError(f"{text!r} is not a port number (0-65535)")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("yes", "true", "on", "1"):
+        return True
+    if value in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(f"{text!r} is not yes or no")
+
+
+#: Discovery mechanisms (``--discovery``): local service discovery, the DHT, peer exchange.
+DISCOVERY_MECHANISMS = ("lsd", "dht", "pex")
+
+
+def _mechanisms(text: str) -> tuple[str, ...]:
+    names = [part.lower() for part in _split(text)]
+    if names == ["none"]:
+        return ()
+    for name in names:
+        if name not in DISCOVERY_MECHANISMS:
+            raise ValueError(
+                f"{name!r} is not one of {', '.join(DISCOVERY_MECHANISMS)} (or none alone)"
+            )
+    return tuple(dict.fromkeys(names))
+
+
+def _bootstrap_node(text: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` of a DHT node, or None for ``none`` (no bootstrap node at all)."""
+    if text.strip().lower() == "none":
+        return None
+    return _host_port(text)
 
 
 def _rate(text: str) -> float:
@@ -367,7 +414,7 @@ OPTIONS: tuple[Option, ...] = (
         "url",
         "",
         "Tracker announce URL (http://, https:// or udp://); repeat for several. "
-        "Without one, peers come only from --peer, and the mirror serves the rest.",
+        "Optional: discovery finds peers without one.",
         _tracker_url,
         metavar="URL",
         repeatable=True,
@@ -382,6 +429,54 @@ OPTIONS: tuple[Option, ...] = (
         repeatable=True,
     ),
     Option(
+        "discovery",
+        "mechanisms",
+        "lsd dht pex",
+        "How peers are found besides --tracker and --peer: any of lsd (local service "
+        "discovery, BEP 14: multicast on the LAN), dht (the mainline DHT, BEP 5) and pex "
+        "(peer exchange, BEP 11), comma or space separated, or none. With none and no "
+        "tracker or peer, the peer port does not listen.",
+        _mechanisms,
+        metavar="LIST",
+    ),
+    Option(
+        "lan-only",
+        "boolean",
+        "no",
+        "yes keeps to the LAN: local service discovery only (no DHT), and peers only in "
+        "private, link-local, unique-local and loopback ranges, dialled or accepted.",
+        _boolean,
+        metavar="BOOL",
+    ),
+    Option(
+        "swarm-key",
+        "path",
+        "",
+        "File holding a shared secret (16 bytes or more): only daemons with the same key "
+        "meet. It changes every info hash and peers prove it when they connect. Empty for "
+        "no key.",
+        _path,
+        metavar="FILE",
+    ),
+    Option(
+        "dht-bootstrap",
+        "host:port",
+        "router.bittorrent.com:6881 dht.transmissionbt.com:6881 router.utorrent.com:6881",
+        "A DHT node asked when the routing table saved in the state directory is empty "
+        "or too small; repeat for several; none for no bootstrap node.",
+        _bootstrap_node,
+        metavar="HOST:PORT",
+        repeatable=True,
+    ),
+    Option(
+        "dht-port",
+        "port",
+        "0",
+        "UDP port of the DHT node; 0 for the number of the peer port.",
+        _port_or_zero,
+        metavar="PORT",
+    ),
+    Option(
         "http-seed-delay",
         "seconds",
         "10",
@@ -394,8 +489,9 @@ OPTIONS: tuple[Option, ...] = (
         "seconds",
         "3",
         "Seconds a new swarm holds a file larger than one piece for its first peers "
-        "when a tracker or static peers are configured, so a fleet starting together "
-        "fetches it from the mirror once; smaller files never wait.",
+        "when peers may come (LSD or the DHT running, a tracker or static peers), so a "
+        "fleet starting together fetches it from the mirror once; smaller files never "
+        "wait.",
         _float,
         metavar="SECS",
     ),
@@ -576,7 +672,7 @@ def _parse(opt: Option, raw: str | list[str], where: str) -> Any:
     try:
         if opt.repeatable:
             items = raw if isinstance(raw, list) else _split(raw)
-            return [opt.parse(item) for item in items]
+            return [value for value in map(opt.parse, items) if value is not None]
         return opt.parse(str(raw))
     except ValueError as exc:
         raise ConfigError(where, str(exc)) from None

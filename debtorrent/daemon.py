@@ -44,6 +44,7 @@ from debtorrent.state import State
 from debtorrent.status import Status, StatusSources
 from debtorrent.torrent.manager import SwarmManager
 from debtorrent.torrent.session import Session, SessionSettings
+from debtorrent.torrent.swarmkey import load_swarm_key
 
 __all__ = ["Daemon", "run"]
 
@@ -222,6 +223,12 @@ def session_settings(config: Config) -> SessionSettings:
         http_seed_min_rate=config.http_seed_min_rate,
         http_timeout=config.http_timeout,
         policy=Policy.from_config(config),
+        discovery=tuple(config.discovery),
+        lan_only=config.lan_only,
+        swarm_key=load_swarm_key(config.swarm_key) if config.swarm_key else None,
+        dht_bootstrap=list(config.dht_bootstrap),
+        dht_port=config.dht_port,
+        state_dir=config.state_dir,
     )
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "DebtorrentError",
     "DiskFullError",
     "ForbiddenError",
+    "KrpcError",
     "MetainfoError",
     "MirrorError",
     "MirrorForbiddenError",
@@ -186,6 +187,21 @@ class MetainfoError(DebtorrentError, ValueError):
 
 class ProtocolError(DebtorrentError):
     """A peer broke the wire protocol; the connection is closed and counted."""
+
+
+class KrpcError(ProtocolError):
+    """A DHT (KRPC, BEP 5) message that is malformed; it is dropped and counted.
+
+    ``code`` is the KRPC error code to answer with (201 generic, 203 protocol, 204
+    method unknown) and ``t`` the query's transaction id, when the message was a query
+    that can still be answered; ``t`` is None for anything else.
+    """
+
+    def __init__(self, reason: str, code: int = 203, t: bytes | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+        #: the transaction id of a query that can still be answered with an error
+        self.t = t
 
 
 class PeerError(DebtorrentError):

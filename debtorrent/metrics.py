@@ -89,6 +89,7 @@ class StatusCollector:
         for swarm in snap["swarms"]:
             swarm_peers.add_metric([swarm["name"], swarm["info_hash"]], swarm["peers"])
         yield swarm_peers
+        yield from _discovery_metrics(snap.get("discovery") or {})
         yield GaugeMetricFamily(
             "debtorrent_downloads",
             "Files being downloaded now (through swarms or from mirrors).",
@@ -147,6 +148,64 @@ class StatusCollector:
         )
         info.add_metric([snap["version"]], 1)
         yield info
+
+
+def _discovery_metrics(discovery: dict[str, Any]) -> Iterator[Metric]:
+    """Peers by source, addresses learnt, the DHT's table and lookups, LSD announces."""
+    by_source = GaugeMetricFamily(
+        "debtorrent_peers_by_source",
+        "Peer connections open, by how the peer was found (incoming: it connected to us).",
+        labels=["source"],
+    )
+    for source, count in sorted((discovery.get("peers_by_source") or {}).items()):
+        by_source.add_metric([source], count)
+    yield by_source
+    learnt = CounterMetricFamily(
+        "debtorrent_peer_addresses",
+        "Peer addresses learnt, by source (before the connection caps).",
+        labels=["source"],
+    )
+    for source, count in sorted((discovery.get("addresses_learnt") or {}).items()):
+        learnt.add_metric([source], count)
+    yield learnt
+    dht = discovery.get("dht")
+    if dht and dht.get("running"):
+        yield GaugeMetricFamily(
+            "debtorrent_dht_nodes", "Nodes in the DHT routing table.", value=dht["nodes"]
+        )
+        yield GaugeMetricFamily(
+            "debtorrent_dht_good_nodes",
+            "Nodes in the DHT routing table that answered in the last 15 minutes.",
+            value=dht["good_nodes"],
+        )
+        yield CounterMetricFamily(
+            "debtorrent_dht_lookups", "DHT lookups completed.", value=dht["lookups"]
+        )
+        yield GaugeMetricFamily(
+            "debtorrent_dht_stored_peers",
+            "Peers other nodes announced to this node, kept for the DHT.",
+            value=dht["stored_peers"],
+        )
+        yield CounterMetricFamily(
+            "debtorrent_dht_malformed",
+            "Malformed DHT messages dropped.",
+            value=dht["malformed"],
+        )
+        yield CounterMetricFamily(
+            "debtorrent_dht_rate_limited",
+            "DHT queries dropped by the per-source rate limit.",
+            value=dht["rate_limited"],
+        )
+    lsd = discovery.get("lsd")
+    if lsd and lsd.get("running"):
+        yield CounterMetricFamily(
+            "debtorrent_lsd_rounds", "Local discovery announce rounds sent.", value=lsd["rounds"]
+        )
+        yield CounterMetricFamily(
+            "debtorrent_lsd_heard",
+            "Local discovery announces heard for our swarms.",
+            value=lsd["heard"],
+        )
 
 
 def registry_for(snapshot: Snapshot) -> CollectorRegistry:

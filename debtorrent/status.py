@@ -310,11 +310,9 @@ class Status:
         all_time = Counter(sources.all_time(counters))
         cache_bytes, cache_files, counted_at = self.cache_usage.current()
         healthy, reason = self.health()
-        settings = session.settings
         return {
             "health": {"ok": healthy, "reason": reason},
             "mirrors": self._mirror_states(),
-            "discovery": {"trackers": len(settings.trackers), "peers": len(settings.peers)},
             "rates": session.rate_limits.snapshot(time.monotonic()),
             "cache_hits": self.hits,
             "cache_misses": self.misses,
@@ -322,8 +320,9 @@ class Status:
             "uptime": round(time.monotonic() - sources.started, 3),
             "started": round(self.started_at, 3),
             "peer_id": session.peer_id.decode("latin-1"),
-            "peer_port": session.listen_port,
+            "peer_port": session.listen_port or None,
             "connections": len(session.connections),
+            "discovery": _discovery(session),
             "indexes_loading": sources.indexes_loading(),
             "totals": {
                 "bytes_to_apt": counters["apt"],
@@ -443,6 +442,48 @@ class Status:
             ("X-Frame-Options", "DENY"),
             ("Referrer-Policy", "no-referrer"),
         )
+
+
+#: Where connected peers came from, as the status shows them (accepted ones: "incoming").
+PEER_SOURCES = ("tracker", "dht", "lsd", "pex", "static", "incoming")
+
+
+def _discovery(session: Any) -> dict[str, Any]:
+    """How peers are found: mechanisms, peers by source, DHT and LSD figures, a hint."""
+    out = session.discovery.snapshot()
+    by_source = dict.fromkeys(PEER_SOURCES, 0)
+    for peer in list(session.connections):
+        source = getattr(peer, "source", "incoming")
+        by_source[source] = by_source.get(source, 0) + 1
+    out["peers_by_source"] = by_source
+    out["addresses_learnt"] = {s: session.candidates[s] for s in PEER_SOURCES[:-1]}
+    out["trackers"] = len(session.settings.trackers)
+    out["static_peers"] = len(session.settings.peers)
+    out["peers_seen"] = session.peers_seen
+    out["hint"] = _hint(session, out)
+    return out
+
+
+def _hint(session: Any, discovery: dict[str, Any]) -> str | None:
+    """A plain sentence when this daemon cannot meet peers, or has not met one yet."""
+    if not discovery["enabled"] and not discovery["trackers"] and not discovery["static_peers"]:
+        return (
+            "No discovery is enabled and no tracker or peer is configured: this daemon "
+            "will never meet a peer, and every package comes from the mirror. Set "
+            "discovery (lsd, dht, pex) or name a tracker or peers."
+        )
+    if session.peers_seen == 0:
+        ways = list(discovery["enabled"])
+        if discovery["trackers"]:
+            ways.append("trackers")
+        if discovery["static_peers"]:
+            ways.append("static peers")
+        return (
+            f"No peer seen yet (looking through {', '.join(ways)}). Peers appear once "
+            "another machine runs debtorrent with the same indexes; on a LAN, local "
+            "discovery finds it within seconds of its apt update."
+        )
+    return None
 
 
 def _suites(archive: Archive) -> list[dict[str, Any]]:

@@ -218,25 +218,10 @@ def _headline(snap: Mapping[str, Any]) -> str:
 
 
 def _sharing_hint(snap: Mapping[str, Any]) -> str:
-    """Why the share may stay at 0: no way to find peers, or none found yet."""
-    discovery = _get(snap, "discovery", {})
-    ways = [v for v in (discovery.values() if isinstance(discovery, Mapping) else ()) if v]
-    if not ways:
-        text = (
-            "No peer discovery is configured (no tracker, no peer): every package comes "
-            "from the mirror. Set tracker (or peer) in the configuration on every machine "
-            "of the fleet, then restart."
-        )
-    elif (
-        _get(snap, "connections") == 0 and _get(_get(snap, "all_time", {}), "bytes_from_peers") == 0
-    ):
-        text = (
-            "No peer seen yet. Other machines must run debtorrent with the same tracker, "
-            f"and reach this one on TCP port {_text(_get(snap, 'peer_port'))}."
-        )
-    else:
-        return ""
-    return f'<p class="hint" id="sharing-hint">{escape(text)}</p>'
+    """Why the share may stay at 0: no way to find peers, or none found yet (the
+    sentence comes with the snapshot's discovery figures)."""
+    hint = _get(_get(snap, "discovery", {}), "hint")
+    return f'<p class="hint" id="sharing-hint">{escape(hint)}</p>' if hint else ""
 
 
 _TOTAL_ROWS = (
@@ -415,6 +400,7 @@ def _peers(snap: Mapping[str, Any]) -> str:
                 "<tr>"
                 f"{_td(_get(p, 'address'), 'mono')}"
                 f"{_td(_get(p, 'client'))}"
+                f"{_td(_get(p, 'source'))}"
                 f"{_td(human_bytes(_get(p, 'down_rate')) + '/s', 'num')}"
                 f"{_td(human_bytes(_get(p, 'up_rate')) + '/s', 'num')}"
                 f"{_bytes_td(_get(p, 'downloaded'))}"
@@ -429,6 +415,7 @@ def _peers(snap: Mapping[str, Any]) -> str:
         headers = (
             ("Address", False),
             ("Client", False),
+            ("Found by", False),
             ("Down", True),
             ("Up", True),
             ("Received", True),
@@ -445,6 +432,56 @@ def _peers(snap: Mapping[str, Any]) -> str:
         parts.append(f"<details><summary>{escape(summary)}</summary>{body}</details>")
     if not parts:
         return '<p class="empty">No swarm, so no peer.</p>'
+    return "".join(parts)
+
+
+_SOURCE_LABELS = (
+    ("lsd", "Local discovery (LSD)"),
+    ("dht", "DHT"),
+    ("pex", "Peer exchange (PEX)"),
+    ("tracker", "Trackers"),
+    ("static", "Configured peers"),
+    ("incoming", "Connected to us"),
+)
+
+
+def _discovery(snap: Mapping[str, Any]) -> str:
+    """How peers are found: what runs, peers by source, the DHT and LSD, the hint."""
+    d = _get(snap, "discovery", {})
+    parts = []
+    enabled = _items(d, "enabled")
+    scope = " (LAN only)" if _get(d, "lan_only") is True else ""
+    what = ", ".join(_text(m) for m in enabled) if enabled else "none"
+    parts.append(f'<p id="discovery-enabled">Discovery: {escape(what + scope)}.</p>')
+    by_source, learnt = _get(d, "peers_by_source", {}), _get(d, "addresses_learnt", {})
+    rows = [
+        f"<tr><th>{escape(label)}</th>"
+        f"{_td(_count(_get(by_source, key, 0)), 'num', id=f'peers-{key}')}"
+        f"{_td(_count(_get(learnt, key)) if key != 'incoming' else '', 'num')}</tr>"
+        for key, label in _SOURCE_LABELS
+    ]
+    headers = (("Source", False), ("Peers connected", True), ("Addresses learnt", True))
+    parts.append(_table(headers, rows, "sources"))
+    dht = _get(d, "dht")
+    if isinstance(dht, Mapping) and _get(dht, "running") is not False:
+        parts.append(
+            f'<p id="discovery-dht">DHT: {escape(_plural(_get(dht, "nodes"), "node"))} in the '
+            f"routing table ({escape(_count(_get(dht, 'good_nodes')))} good), "
+            f"{escape(_plural(_get(dht, 'lookups'), 'lookup'))} done, "
+            f"{escape(_count(_get(dht, 'lookups_running')))} running; "
+            f"{escape(_plural(_get(dht, 'stored_peers'), 'peer'))} of "
+            f"{escape(_plural(_get(dht, 'stored_hashes'), 'swarm'))} stored for others; "
+            f"{escape(_plural(_get(dht, 'malformed'), 'malformed message'))} dropped.</p>"
+        )
+    lan = _get(d, "lsd")
+    if isinstance(lan, Mapping) and _get(lan, "running") is not False:
+        interfaces = ", ".join(_text(i) for i in _items(lan, "interfaces"))
+        parts.append(
+            f'<p id="discovery-lsd">Local discovery on {escape(interfaces)}: '
+            f"{escape(_plural(_get(lan, 'rounds'), 'announce round'))} sent, "
+            f"{escape(_plural(_get(lan, 'heard'), 'announce'))} heard for our swarms, "
+            f"{escape(_count(_get(lan, 'dropped')))} dropped.</p>"
+        )
     return "".join(parts)
 
 
@@ -593,6 +630,8 @@ def render(snap: Mapping[str, Any], *, host: str, now: float) -> str:
         _swarms(snap),
         '<h2 id="downloads">Downloads now</h2>',
         _downloads(snap),
+        '<h2 id="discovery">Finding peers</h2>',
+        _discovery(snap),
         '<h2 id="peers">Connected peers</h2>',
         _peers(snap),
         '<h2 id="requests">Apt requests since the start</h2>',

@@ -17,6 +17,7 @@ from tests.fixtures.apt import AptClient
 from tests.fixtures.daemon import Daemon
 from tests.fixtures.mirror import MirrorServer
 from tests.fixtures.net import loopback_host
+from tests.fixtures.netns import lan_factory  # noqa: F401  (the test LAN fixture)
 from tests.fixtures.repo import Repo, build_repo
 from tests.fixtures.tracker import Tracker
 

@@ -65,8 +65,9 @@ class FilePlane:
     # --- our availability ---------------------------------------------------------------
 
     def greet(self) -> None:
-        """After the extension handshake: every file we offer, once."""
-        if self.greeted:
+        """After the extension handshake, once the peer may hear of the swarm (it proved
+        the swarm key, if one is set): every file we offer, once."""
+        if self.greeted or not self.peer.proven:
             return
         self.greeted = True
         catalog = self.swarm.catalog

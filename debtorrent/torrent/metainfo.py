@@ -20,6 +20,7 @@ rather than guessed, since a guessed name could differ between peers.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -39,6 +40,7 @@ __all__ = [
     "Metainfo",
     "check_path",
     "create_torrent",
+    "keyed_info_hash",
     "load_torrent",
     "parse_torrent",
     "suite_info",
@@ -405,3 +407,21 @@ def suite_info_hash(name: str) -> bytes:
     """``SHA1(bencode(suite_info(name)))``: the 20-byte info hash peers and trackers
     see, the same before and after every ``apt update``."""
     return hashlib.sha1(bencode.encode(suite_info(name))).digest()
+
+
+# --- swarm keys ---------------------------------------------------------------------------------
+
+
+def keyed_info_hash(info_hash: bytes, swarm_key: bytes | None) -> bytes:
+    """The info hash a swarm uses on the wire: unchanged without a swarm key, else
+    ``HMAC-SHA256(key, "debtorrent info hash" NUL info_hash)`` cut to 20 bytes.
+
+    Every place a swarm's hash is seen (handshakes, trackers, the DHT, LSD) sees this
+    one, so machines without the key (see :mod:`debtorrent.torrent.swarmkey`) never
+    meet machines with it, and the hash reveals nothing of the index behind it. It is
+    applied to whatever identity a swarm has (a Packages index, a v1 torrent).
+    """
+    if swarm_key is None:
+        return info_hash
+    mac = hmac.new(swarm_key, b"debtorrent info hash\0" + info_hash, hashlib.sha256)
+    return mac.digest()[:_SHA1_LEN]

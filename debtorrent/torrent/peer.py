@@ -38,6 +38,7 @@ from debtorrent.torrent import filewire as fw
 from debtorrent.torrent import wire
 from debtorrent.torrent.layout import BLOCK_SIZE
 from debtorrent.torrent.picker import PieceSet
+from debtorrent.torrent.swarmkey import KeyGate
 
 if TYPE_CHECKING:
     from debtorrent.torrent.swarm import Swarm
@@ -105,7 +106,8 @@ class PeerConnection:
         self.policy = policy if policy is not None else swarm.session.policy
         self.peer_id = b""
         self.client = ""
-        self.listen_port: int | None = None  # from the extension handshake's ``p``
+        # from the extension handshake's ``p``; an outgoing peer listens where we dialled
+        self.listen_port: int | None = address[1] if outgoing else None
         self.am_choking = True
         self.am_interested = False
         self.peer_choking = True
@@ -114,6 +116,8 @@ class PeerConnection:
         self.snubbed = False
         self.fast = False
         self.extensions: dict[str, int] = {}
+        key = swarm.session.swarm_key
+        self.gate = KeyGate(key, swarm.info_hash, swarm.peer_id) if key is not None else None
         self.reqq = 250
         self.has = PieceSet(swarm.layout.num_pieces)
         self.seed = False
@@ -177,6 +181,8 @@ class PeerConnection:
                 gevent.spawn(self._uploader),
                 gevent.spawn(self._keepalive),
             ]
+            if self.gate is not None:
+                self._greenlets.append(gevent.spawn_later(timeouts.handshake, self._need_proof))
             self._greet()
             self._handle_all(early)
             self._reader()
@@ -221,11 +227,28 @@ class PeerConnection:
             raise PeerError("swarm full or duplicate peer")
         self.attached = True
 
+    @property
+    def proven(self) -> bool:
+        """Whether the peer may see the swarm: no swarm key, or its proof checked out."""
+        return self.gate is None or self.gate.proven
+
     def _greet(self) -> None:
+        session = self.swarm.session
         if self._decoder.extended:
-            port = self.swarm.session.listen_port
-            reqq = self.policy.limits.max_queued_requests
-            self.send(wire.ExtensionHandshake.local(port, reqq).message())
+            extra = self.gate.handshake_fields() if self.gate is not None else None
+            handshake = wire.ExtensionHandshake.local(
+                session.listen_port or None,
+                self.policy.limits.max_queued_requests,
+                session.optional_extensions,
+                extra,
+            )
+            self.send(handshake.message())
+        elif self.gate is not None:
+            raise PeerError("peer cannot prove the swarm key (no extension protocol)")
+        if self.proven:
+            self._send_pieces()
+
+    def _send_pieces(self) -> None:
         have = self.swarm.have
         if self.plane is not None:  # files travel in dt_files, after the peer's ids
             if self.fast:
@@ -264,6 +287,9 @@ class PeerConnection:
         messages first become file messages: :mod:`~debtorrent.torrent.fileplane`)."""
         if self.closed:
             return
+        if self.gate is not None and not self.gate.proven:
+            if not self.gate.may_send(message, self.extensions.get(wire.DT_SWARMKEY)):
+                return  # nothing of the swarm before the peer proved the key
         if self.plane is not None:
             message = self.plane.outgoing(message)
             if message is None:
@@ -408,6 +434,9 @@ class PeerConnection:
             self._handle(message)
 
     def _handle(self, msg: Any) -> None:
+        if self.gate is not None and not self.gate.proven:
+            if not self.gate.may_receive(msg, wire.LOCAL_EXTENSIONS[wire.DT_SWARMKEY]):
+                raise PeerError(f"{type(msg).__name__} before proving the swarm key")
         if self.plane is not None and type(msg) in _PIECE_MESSAGES:
             raise ProtocolError(f"{type(msg).__name__} in a suite swarm (files go by SHA256)")
         self.handle(msg)
@@ -522,20 +551,44 @@ class PeerConnection:
             handshake = wire.ExtensionHandshake.parse(msg.payload)
             self.extensions = dict(handshake.m)
             self.client = (handshake.v or "")[:64]
-            self.listen_port = handshake.p
             if handshake.p:
+                self.listen_port = handshake.p
                 self.swarm.session.peer_listens(self)
             if handshake.reqq:
                 self.reqq = min(handshake.reqq, self.policy.limits.max_peer_reqq)
+            if self.gate is not None and not self.gate.proven:
+                self.send_extended(
+                    wire.DT_SWARMKEY, self.gate.on_handshake(msg.payload, self.peer_id)
+                )
+                return  # the swarm hears of the peer once it proved the key
             self.swarm.on_extension_handshake(self)
             return
         for name, local_id in wire.LOCAL_EXTENSIONS.items():
             if local_id == msg.ext_id:
-                if self.plane is not None and name in fw.NAMES:
+                if name == wire.DT_SWARMKEY:
+                    self._on_proof(msg.payload)
+                elif name == wire.UT_PEX:
+                    self.swarm.session.on_pex(self, msg.payload)
+                elif self.plane is not None and name in fw.NAMES:
                     self.plane.incoming(name, msg.payload, msg.trailing)
                 else:
                     self.swarm.on_extended(self, name, msg.payload)
                 return
+
+    def _on_proof(self, payload: Any) -> None:
+        if self.gate is None or self.gate.proven:
+            return  # a repeated proof changes nothing
+        self.gate.on_proof(payload)
+        log.debug("%s: swarm key proven", self)
+        # what was decided while the peer was unproven never reached it: start afresh
+        self.am_choking, self.am_interested = True, False
+        self._send_pieces()
+        self.swarm.on_extension_handshake(self)
+        self.update_interest()
+
+    def _need_proof(self) -> None:
+        if not self.proven:
+            self.close("no swarm key proof in time")
 
     # --- uploading -------------------------------------------------------------------
 

@@ -14,6 +14,11 @@ each swarm's :class:`~debtorrent.torrent.peer_list.PeerList`; a dialler greenlet
 the candidates that are due whenever a connection slot frees up, a candidate arrives,
 or a back-off ends.
 
+Discovery (LSD, the DHT, PEX) is run by :class:`~debtorrent.torrent.discovery.
+Discovery`, which feeds :meth:`Session.add_candidates` too; ``--lan-only`` keeps every
+source (and incoming connections) to LAN addresses. With no discovery, no tracker and
+no static peer, nothing could ever connect, so the peer port does not listen at all.
+
 Misbehaviour is judged per address. A protocol error is a strike; ``strikes`` of them
 ban the address for ``ban`` seconds (:class:`~debtorrent.policy.BanPolicy`). Strikes
 decay, one every ``strike_decay`` seconds, and a ban expires and takes its strikes
@@ -46,9 +51,11 @@ from debtorrent.torrent.choker import (
     PeerSnapshot,
     free_slot_unchokes,
 )
+from debtorrent.torrent.discovery import Discovery
 from debtorrent.torrent.peer import PeerConnection
 from debtorrent.torrent.peer_list import CANDIDATE_SOURCES, Candidate, PeerList
 from debtorrent.torrent.swarm import Swarm
+from debtorrent.torrent.swarmkey import SwarmKey
 from debtorrent.torrent.tracker import Announcer
 from debtorrent.torrent.webseed import MirrorHealth
 
@@ -84,6 +91,15 @@ class SessionSettings:
     http_seed_min_rate: float = _table("http-seed-min-rate")
     http_timeout: float = _table("http-timeout")
     policy: Policy = field(default_factory=Policy)
+    # Discovery is off unless the caller asks (the daemon passes the option table's
+    # values): a Session made in a test or a tool never reaches the public DHT.
+    discovery: tuple[str, ...] = ()
+    lan_only: bool = False
+    swarm_key: bytes | None = None  # the secret derived from --swarm-key
+    dht_bootstrap: list[tuple[str, int]] = field(default_factory=list)
+    dht_port: int = 0
+    state_dir: str = ""
+    always_listen: bool = False  # open the peer port even when nothing could find it
 
 
 def plain_ip(ip: str) -> str:
@@ -129,22 +145,47 @@ class Session:
         self.file_listeners: list = []
         # --upload-rate, --download-rate, all swarms (the daemon sets them)
         self.rate_limits = RateLimits()
+        self.swarm_key = SwarmKey(settings.swarm_key) if settings.swarm_key else None
+        self.discovery = Discovery(self)
+        #: addresses offered per source (add_candidates), and peers connected ever
+        self.candidates: Counter[str] = Counter()
+        self.peers_seen = 0
 
     # --- life cycle -----------------------------------------------------------------
 
+    @property
+    def listening(self) -> bool:
+        """Whether peers can come at all: discovery, a tracker or a static peer."""
+        settings = self.settings
+        return bool(
+            settings.always_listen or settings.discovery or settings.trackers or settings.peers
+        )
+
+    @property
+    def optional_extensions(self) -> list[str]:
+        """The optional BEP 10 extensions we advertise (PEX, the swarm key proof)."""
+        out = [wire.UT_PEX] if self.discovery.use_pex else []
+        return out + ([wire.DT_SWARMKEY] if self.swarm_key is not None else [])
+
     def start(self) -> None:
-        """Open the peer port and start the periodic work."""
-        listener = self._listener()
-        self.server = StreamServer(listener, self._accept)
-        self.server.start()
-        self.listen_port = self.server.server_port
+        """Open the peer port (when peers can come at all), start discovery and the
+        periodic work."""
         self._greenlets = [
             gevent.spawn(self._choke_loop),
             gevent.spawn(self._maintenance),
             gevent.spawn(self._dialer),
         ]
+        if not self.listening:
+            self.listen_port = 0
+            log.info("no discovery, tracker or peer configured: the peer port stays closed")
+            return
+        listener = self._listener()
+        self.server = StreamServer(listener, self._accept)
+        self.server.start()
+        self.listen_port = self.server.server_port
         bind = self.settings.peer_bind or "all interfaces (IPv6 and IPv4)"
         log.info("peer side on %s port %d", bind, self.listen_port)
+        self.discovery.start()
 
     def _listener(self) -> gevent.socket.socket:
         """The listening socket: the bind address only, or dual-stack on ``::``
@@ -165,6 +206,7 @@ class Session:
         stoppers = [gevent.spawn(a.stop, 5.0) for a in self.announcers.values()]
         gevent.joinall(stoppers, timeout=6)
         self.announcers.clear()
+        self.discovery.stop()
         for greenlet in self._greenlets:
             greenlet.kill(block=False)
         if self.server is not None:
@@ -197,6 +239,8 @@ class Session:
             self.announcers[swarm.info_hash] = announcer
             announcer.start()
         self.add_candidates(swarm, self.settings.peers, "static")
+        if self.server is not None:
+            self.discovery.add_swarm(swarm)
         log.info("swarm %s started (%s)", swarm.name, swarm.info_hash.hex())
 
     def remove_swarm(self, swarm: Swarm) -> None:
@@ -205,6 +249,7 @@ class Session:
         announcer = self.announcers.pop(swarm.info_hash, None)
         if announcer is not None:
             gevent.spawn(announcer.stop, 5.0)
+        self.discovery.remove_swarm(swarm)
         swarm.close()
         log.info("swarm %s stopped", swarm.name)
 
@@ -218,8 +263,10 @@ class Session:
             listener(swarm, file_index)
 
     def expects_peers(self) -> bool:
-        """Whether peers may come (a tracker or static peers): worth a short wait."""
-        return bool(self.settings.trackers or self.settings.peers)
+        """Whether peers may come (a tracker, static peers, LSD or the DHT): worth a
+        short wait."""
+        found = self.discovery.lsd is not None or self.discovery.dht is not None
+        return bool(self.settings.trackers or self.settings.peers or found)
 
     def _tracker_stats(self, swarm: Swarm) -> tuple[int, int, int]:
         left = swarm.picker.num_wanted * swarm.layout.piece_length
@@ -232,8 +279,9 @@ class Session:
     ) -> int:
         """Addresses of possible peers of *swarm* from *source* (one of "tracker",
         "dht", "lsd", "pex", "static"); they are dialled as slots allow. Returns how
-        many were new. Our own address, banned ones and ones we cannot reach (another
-        address family than ``--peer-bind``) are left out."""
+        many were new. Our own address, banned ones, ones we cannot reach (another
+        address family than ``--peer-bind``) and, with ``--lan-only``, ones outside the
+        LAN are left out."""
         if source not in CANDIDATE_SOURCES:
             raise ValueError(f"unknown peer source {source!r}")
         peers = self.peer_lists.get(swarm.info_hash)
@@ -247,6 +295,9 @@ class Session:
                 continue
             if not 0 < port < 65536:
                 continue
+            if not self.discovery.allowed(ip) or self.discovery.is_own((ip, port)):
+                continue
+            self.candidates[source] += 1
             added += peers.add((ip, port), source, now)
         if added or source == "static":
             self._dial_wakeup.set()
@@ -310,9 +361,10 @@ class Session:
         address = candidate.address
         peers = self.peer_lists.get(swarm.info_hash)
         try:
-            source = (self.settings.peer_bind, 0) if self.settings.peer_bind else None
+            bind = self.settings.peer_bind
+            local = (bind, 0) if bind and bind not in ("::", "0.0.0.0") else None
             sock = gevent.socket.create_connection(
-                address, self.policy.timeouts.connect, source_address=source
+                address, self.policy.timeouts.connect, source_address=local
             )
         except OSError as exc:
             log.debug("cannot connect to %s:%d: %s", address[0], address[1], exc)
@@ -356,7 +408,11 @@ class Session:
 
     def _accept(self, sock: gevent.socket.socket, address: tuple) -> None:
         ip = plain_ip(address[0])
-        if self.is_banned(ip) or len(self.connections) >= self.settings.max_peers:
+        if (
+            self.is_banned(ip)
+            or len(self.connections) >= self.settings.max_peers
+            or not self.discovery.allowed(ip)
+        ):
             self.counters["refused_connections"] += 1
             sock.close()
             return
@@ -396,6 +452,7 @@ class Session:
         if len(self.connections) >= self.settings.max_peers:
             return False
         self.connections.add(peer)
+        self.peers_seen += 1
         return True
 
     def release(self, peer: PeerConnection) -> None:
@@ -455,6 +512,10 @@ class Session:
     def count(self, kind: str, amount: int) -> None:
         self.counters[kind] += amount
 
+    def on_pex(self, peer: PeerConnection, payload: object) -> None:
+        """A ``ut_pex`` message (see :class:`~debtorrent.torrent.discovery.Discovery`)."""
+        self.discovery.on_pex(peer, payload)
+
     # --- periodic work -----------------------------------------------------------------------
 
     def interest_changed(self, peer: PeerConnection) -> None:
@@ -469,8 +530,9 @@ class Session:
         self.fill_free_slots()
 
     def fill_free_slots(self) -> None:
-        """Unchoke waiting interested peers while upload slots are free."""
-        peers = [p for p in self.connections if not p.closed]
+        """Unchoke waiting interested peers while upload slots are free (peers that
+        have not proven the swarm key are left out: they may see nothing yet)."""
+        peers = [p for p in self.connections if not p.closed and p.proven]
         for peer in free_slot_unchokes(
             self._snapshots(peers), seeding=self._seeding(), settings=self._choker
         ):
@@ -505,7 +567,7 @@ class Session:
     def _choke_round(self) -> None:
         """Tit-for-tat over every connection, and the optimistic unchoke's rotation."""
         self.counters["choke_rounds"] += 1
-        peers = [p for p in self.connections if not p.closed]
+        peers = [p for p in self.connections if not p.closed and p.proven]
         unchoked = self._optimistic.run(self._snapshots(peers), seeding=self._seeding())
         for peer in peers:
             peer.optimistic = peer is self._optimistic.current

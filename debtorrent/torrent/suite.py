@@ -392,10 +392,10 @@ class SuiteSwarm(Swarm):
     def _may_use_mirror(self, file: int) -> bool:
         """Whether a file no connected peer can supply may come from the mirror now.
 
-        A fresh swarm whose peers may still connect (a tracker or static peers are
-        configured) holds a large file for ``--connect-grace``, so that a fleet starting
-        together fetches it from the mirror once and shares it; a small file does not
-        wait: fetching it twice costs less than making apt wait.
+        A fresh swarm whose peers may still connect (LSD or the DHT running, a tracker
+        or static peers configured) holds a large file for ``--connect-grace``, so that
+        a fleet starting together fetches it from the mirror once and shares it; a small
+        file does not wait: fetching it twice costs less than making apt wait.
         """
         if self.peers or not self.session.expects_peers():
             return True

@@ -76,7 +76,9 @@ class Swarm:
 
     def __init__(self, session: Session, info_hash: bytes, name: str, layout: Layout) -> None:
         self.session = session
-        self.info_hash = info_hash
+        # with a swarm key, every swarm is known by its keyed hash (metainfo.keyed_info_hash)
+        key = session.swarm_key
+        self.info_hash = key.info_hash(info_hash) if key is not None else info_hash
         self.name = name
         self.layout = layout
         self.peer_id = session.peer_id

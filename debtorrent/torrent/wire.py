@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import secrets
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from random import Random
 from typing import Any, ClassVar
@@ -50,11 +50,14 @@ from debtorrent.torrent.layout import BLOCK_SIZE
 __all__ = [
     "CLIENT_VERSION",
     "DEFAULT_RESERVED",
+    "DT_SWARMKEY",
     "HANDSHAKE_LEN",
     "LOCAL_EXTENSIONS",
     "MAX_MESSAGE_LEN",
     "MAX_REQUEST_LEN",
+    "OPTIONAL_EXTENSIONS",
     "PEER_ID_PREFIX",
+    "UT_PEX",
     "AllowedFast",
     "Bitfield",
     "Cancel",
@@ -526,9 +529,19 @@ class Decoder:
 # --- BEP 10 extension handshake ----------------------------------------------------------
 
 #: debtorrent's own extensions.
-#: our BEP 10 extensions and the ids we give them: the package data plane of suite
-#: swarms (docs/layout2.md, :mod:`debtorrent.torrent.filewire`)
-LOCAL_EXTENSIONS: Mapping[str, int] = {name: i + 1 for i, name in enumerate(filewire.NAMES)}
+#: BEP 11 peer exchange, and the swarm key proof (:mod:`debtorrent.torrent.swarmkey`).
+UT_PEX = "ut_pex"
+DT_SWARMKEY = "dt_swarmkey"
+#: The ids we assign to the extensions we accept: peers send them to us under these.
+#: The package data plane of suite swarms (docs/layout2.md,
+#: :mod:`debtorrent.torrent.filewire`), then ``ut_pex`` and ``dt_swarmkey``, which are
+#: only advertised when in use.
+LOCAL_EXTENSIONS: Mapping[str, int] = {
+    **{name: i + 1 for i, name in enumerate(filewire.NAMES)},
+    UT_PEX: len(filewire.NAMES) + 1,
+    DT_SWARMKEY: len(filewire.NAMES) + 2,
+}
+OPTIONAL_EXTENSIONS = frozenset({UT_PEX, DT_SWARMKEY})
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,10 +558,13 @@ class ExtensionHandshake:
     v: str | None = None
     p: int | None = None
     reqq: int | None = None
+    #: further top-level keys we send (an extension's own fields); not filled by parse
+    extra: Mapping[str, Any] | None = None
 
     def message(self) -> Extended:
         """The :class:`Extended` message (ext id 0) carrying this handshake."""
-        payload: dict[str, Any] = {"m": dict(self.m)}
+        payload: dict[str, Any] = dict(self.extra or {})
+        payload["m"] = dict(self.m)
         if self.v is not None:
             payload["v"] = self.v
         if self.p is not None:
@@ -558,9 +574,22 @@ class ExtensionHandshake:
         return Extended(0, payload)
 
     @classmethod
-    def local(cls, port: int | None = None, reqq: int | None = 250) -> ExtensionHandshake:
-        """Our own handshake: :data:`LOCAL_EXTENSIONS`, :data:`CLIENT_VERSION`."""
-        return cls(m=dict(LOCAL_EXTENSIONS), v=CLIENT_VERSION, p=port, reqq=reqq)
+    def local(
+        cls,
+        port: int | None = None,
+        reqq: int | None = 250,
+        optional: Iterable[str] = (),
+        extra: Mapping[str, Any] | None = None,
+    ) -> ExtensionHandshake:
+        """Our own handshake: :data:`LOCAL_EXTENSIONS` (of the optional ones, those
+        named in ``optional``), :data:`CLIENT_VERSION`, and ``extra`` keys."""
+        wanted = set(optional)
+        m = {
+            name: ext_id
+            for name, ext_id in LOCAL_EXTENSIONS.items()
+            if name not in OPTIONAL_EXTENSIONS or name in wanted
+        }
+        return cls(m=m, v=CLIENT_VERSION, p=port, reqq=reqq, extra=extra)
 
     @classmethod
     def parse(cls, payload: Mapping[bytes, Any]) -> ExtensionHandshake:

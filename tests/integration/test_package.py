@@ -182,6 +182,8 @@ class Service:
             args = (*args, f"--peer-port={free_port('0.0.0.0')}")
         self.url = f"http://127.0.0.1:{self.port}"
         self.output = workdir / f"service-{self.port}.out"
+        # the packaged config turns LSD and the DHT on: nothing may leave this machine
+        args = (*args, "--discovery=pex", "--dht-bootstrap=none")
         command = ["/usr/bin/debtorrent", "-c", str(CONFFILE), *args]
         with open(self.output, "wb") as out:
             self.runuser = subprocess.Popen(

@@ -37,6 +37,7 @@ SYSTEM_VALUES = {
     "cache-dir": "/var/cache/debtorrent",
     "state-dir": "/var/lib/debtorrent",
     "bind": "127.0.0.1",
+    "discovery": "lsd dht pex",  # the packaged daemon finds peers with no configuration
 }
 
 CLI_TABLE = {**BUILTIN, **{opt.name: opt.default for opt in OPTIONS}}

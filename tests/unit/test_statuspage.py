@@ -37,7 +37,6 @@ SAMPLE: dict[str, Any] = {
             "failed_at": None,
         }
     ],
-    "discovery": {"trackers": 1, "peers": 0},
     "rates": {
         "upload": {"rate": 20_000, "limit": 1_000_000.0},
         "download": {"rate": 1_500_000, "limit": None},
@@ -51,6 +50,54 @@ SAMPLE: dict[str, Any] = {
     "peer_id": "-DT0100-abcdefghijkl",
     "peer_port": 9989,
     "connections": 1,
+    "discovery": {
+        "enabled": ["lsd", "dht", "pex"],
+        "lan_only": False,
+        "lsd": {
+            "running": True,
+            "interfaces": ["eth0"],
+            "rounds": 3,
+            "sent": 4,
+            "received": 9,
+            "heard": 2,
+            "own": 4,
+            "malformed": 1,
+            "dropped": 2,
+        },
+        "dht": {
+            "running": True,
+            "node_id": "00112233445566778899aabbccddeeff00112233",
+            "port": 9989,
+            "nodes": 117,
+            "good_nodes": 80,
+            "replacement_nodes": 20,
+            "stored_hashes": 12,
+            "stored_peers": 30,
+            "lookups": 42,
+            "lookups_running": 1,
+            "announces": 16,
+            "peers_found": 5,
+            "queries_in": 900,
+            "queries_out": 700,
+            "timeouts": 60,
+            "malformed": 7,
+            "rate_limited": 3,
+        },
+        "pex": {"sent": 4, "received": 3, "ignored": 0},
+        "peers_by_source": {
+            "tracker": 0,
+            "dht": 0,
+            "lsd": 1,
+            "pex": 0,
+            "static": 0,
+            "incoming": 0,
+        },
+        "addresses_learnt": {"tracker": 0, "dht": 5, "lsd": 2, "pex": 3, "static": 0},
+        "trackers": 0,
+        "static_peers": 0,
+        "peers_seen": 4,
+        "hint": None,
+    },
     "indexes_loading": 0,
     "totals": {
         "bytes_to_apt": 5_000_000,
@@ -300,6 +347,23 @@ def test_sample_page_shows_every_section() -> None:
     assert "Not serving" not in seen and "No peer discovery" not in seen
     assert "1 h 2 min" in seen  # uptime
     assert "1 peer connection" in seen and ": 1 peer" in seen
+    assert "Discovery: lsd, dht, pex." in seen
+    assert "DHT: 117 nodes in the routing table (80 good), 42 lookups done" in seen
+    assert "Local discovery on eth0: 3 announce rounds sent, 2 announces heard" in seen
+
+
+def test_discovery_hint_and_stopped_mechanisms() -> None:
+    snap = copy.deepcopy(SAMPLE)
+    discovery = snap["discovery"]
+    discovery["enabled"] = []
+    discovery["lsd"]["running"] = discovery["dht"]["running"] = False
+    discovery["hint"] = "No discovery is enabled and no tracker or peer is configured"
+    page = check_safe(render(snap, host="h", now=NOW))
+    assert "No discovery is enabled" in page.all_text
+    assert "Discovery: none." in page.all_text
+    assert "DHT:" not in page.all_text and "Local discovery on" not in page.all_text
+    cells = {a.get("id") for t, a in page.tags if t == "td"}
+    assert {f"peers-{s}" for s in ("lsd", "dht", "pex", "tracker", "static", "incoming")} <= cells
 
 
 def test_exact_byte_counts_are_in_the_page() -> None:
@@ -339,13 +403,14 @@ def test_empty_daemon() -> None:
 
 
 def test_hints_when_sharing_cannot_happen() -> None:
-    alone = {**SAMPLE, "discovery": {"trackers": 0, "peers": 0}}
-    seen = check_safe(render(alone, host="h", now=NOW)).all_text
-    assert "No peer discovery is configured" in seen
-    lonely = {**SAMPLE, "connections": 0}
-    lonely["all_time"] = {**SAMPLE["all_time"], "bytes_from_peers": 0}
-    seen = check_safe(render(lonely, host="h", now=NOW)).all_text
-    assert "No peer seen yet" in seen and "TCP port 9989" in seen
+    """The discovery figures' hint is shown once, beside the share it explains."""
+    hint = "No discovery is enabled and no tracker or peer is configured: <b>"
+    alone = {**SAMPLE, "discovery": {**SAMPLE["discovery"], "hint": hint}}
+    page = check_safe(render(alone, host="h", now=NOW))
+    assert page.all_text.count("No discovery is enabled") == 1
+    assert "<b>" in page.all_text  # escaped, shown as text
+    quiet = {**SAMPLE, "discovery": {**SAMPLE["discovery"], "hint": None}}
+    assert "sharing-hint" not in render(quiet, host="h", now=NOW)
 
 
 def test_unhealthy_daemon_says_why() -> None:
