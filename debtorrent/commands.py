@@ -152,7 +152,11 @@ def summary(snap: dict[str, Any], url: str) -> list[str]:
         f"{len(snap.get('downloads', []))} downloads now)"
     )
     discovery = snap.get("discovery", {})
-    ways = ", ".join(f"{n} {k}" for k, n in sorted(discovery.items()) if n) or "none configured"
+    found = list(discovery.get("enabled", []))
+    for key, what in (("trackers", "tracker"), ("static_peers", "static peer")):
+        if discovery.get(key):
+            found.append(f"{discovery[key]} {what}{'s' if discovery[key] > 1 else ''}")
+    ways = ", ".join(found) or "none configured"
     lines.append(
         f"Peers:      {snap.get('connections', 0)} connected, peer port "
         f"{snap.get('peer_port')}; discovery: {ways}"
@@ -179,8 +183,8 @@ def summary(snap: dict[str, Any], url: str) -> list[str]:
         newest = errors[0]
         when = time.strftime("%H:%M:%S", time.localtime(newest.get("time", 0)))
         lines.append(f"Errors:     {len(errors)} recent; newest at {when}: {newest.get('message')}")
-    if not any(discovery.values()):
-        lines.append("Hint: no tracker or peer is configured, so every package comes from mirrors.")
+    if discovery.get("hint"):
+        lines.append(f"Hint: {discovery['hint']}")
     return lines
 
 
