@@ -63,6 +63,9 @@ DHT_ANNOUNCE_INTERVAL = (15 * 60.0, 30 * 60.0)
 DHT_RETRY = 60.0
 #: Seconds a lookup waits after a node joined a small routing table (joins come in bursts).
 DHT_SETTLE = 2.0
+#: Seconds between two looks at what PEX has to tell (each peer still hears at most
+#: once a minute, BEP 11).
+PEX_TICK = 5.0
 #: Seconds a swarm waits for the DHT's first bootstrap before its first lookup.
 DHT_READY_WAIT = 30.0
 IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
@@ -395,7 +398,7 @@ class Discovery:
 
     def _pex_loop(self) -> None:
         while True:
-            gevent.sleep(pex.PEX_INTERVAL / 4)
+            gevent.sleep(PEX_TICK)  # a new peer hears of the others within seconds
             now = time.monotonic()
             for swarm in list(self.session.swarms.values()):
                 try:
@@ -420,8 +423,10 @@ class Discovery:
                 continue
             own = (peer.address[0], peer.listen_port)
             diff = state.update({a: f for a, f in current.items() if a != own})
+            if diff is None:
+                continue  # nothing new: the minute between two messages has not begun
             state.last_sent = now
-            if diff is not None and peer.send_extended(wire.UT_PEX, pex.encode_pex(*diff)):
+            if peer.send_extended(wire.UT_PEX, pex.encode_pex(*diff)):
                 self.stats["pex_sent"] += 1
 
     # --- status ------------------------------------------------------------------------------

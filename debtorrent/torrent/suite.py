@@ -375,7 +375,11 @@ class SuiteSwarm(Swarm):
             if file in self.fetches:
                 continue
             self._ask_hashes(file)  # a fetcher's list grows as its pieces arrive
-            stalled = now - last_change >= patience
+            # a small file races the mirror after a second, unless a peer is fetching it
+            # from the mirror right now: then its copy is on the way, and a second fetch
+            # would only make the mirror serve it twice (a fleet starting together)
+            wait = settings.http_seed_delay if self.claims.fetching(file) else patience
+            stalled = now - last_change >= wait
             slow = False
             if now - window_start >= max(settings.http_seed_delay, 1.0):
                 rate = (done - window_done) / (now - window_start)

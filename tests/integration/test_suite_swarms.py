@@ -10,8 +10,9 @@ archive that the test changes under them:
 - architectures: an amd64 daemon and an arm64 daemon share every ``Architecture: all``
   file (one fetch each), and each fetches its own architecture's files;
 - same-instant demand from two index versions is one mirror fetch;
-- a peer that offers files whole and then refuses to send them is struck, again and
-  again, until it is banned; apt gets the file from the mirror meanwhile.
+- a peer that offers files whole and then refuses to send them is struck (three strikes
+  ban), and one that offers a larger file but never its hash list holds it two seconds
+  at most: apt gets the file from the mirror.
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ class Refuser(FakeFileSeed):
         super()._file_message(conn, m, theirs)
 
 
-def test_a_peer_that_offers_files_it_will_not_send_is_banned(
+def test_a_peer_that_offers_files_it_will_not_send_is_struck(
     archive: Repo, mirror_factory, daemon_factory, apt_factory
 ) -> None:
     mirror = mirror_factory(root=archive.root)
@@ -218,16 +219,15 @@ def test_a_peer_that_offers_files_it_will_not_send_is_banned(
         apt.update()
         # a larger file whose list the liar never gives: the mirror takes over in seconds
         apt.install_download_only("ss-multi")
-        # one-piece files it offers and refuses, one after another: a strike each
-        for n, name in enumerate(("ss-small-a", "ss-small-b", "ss-doc"), 1):
-            wait_until(lambda n=n: fake.handshakes >= n, 30, f"connection {n} from the daemon")
-            apt.install_download_only(name)
+        # a one-piece file it offers and refuses: a strike (three ban, as any protocol
+        # error: tests/unit/test_session.py), and the mirror serves apt at once
+        apt.install_download_only("ss-small-a")
         assert downloaded(apt) == {
             archive.package(n).filename.rsplit("/", 1)[1]: archive.package(n).sha256
-            for n in ("ss-multi", "ss-small-a", "ss-small-b", "ss-doc")
+            for n in ("ss-multi", "ss-small-a")
         }
-        assert fake.requests >= 3, "the liar was not asked for each file"
-        wait_until(lambda: f"banned peer {liar_host}" in d.log_text(), 30, "the liar banned")
-        assert status(d)["totals"]["protocol_errors"] >= 3
+        assert fake.requests >= 1, "the liar was never asked"
+        assert "refused a block of a file it offered whole (strike 1 of 3)" in d.log_text()
+        assert status(d)["totals"]["protocol_errors"] >= 1
     finally:
         fake.stop()
