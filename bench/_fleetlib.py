@@ -249,6 +249,19 @@ def nginx_conf(prefix: Path, www: Path, host: str, port: int, rate: str | None) 
     return common_nginx_conf(prefix, server, log_format)
 
 
+def start_mirror(group: Group, prefix: Path, www: Path, rate: str | None = None) -> int:
+    """nginx serving *www* on 127.0.0.1 (access log ``prefix/access.log``, read with
+    :func:`read_access_log`); returns its port once it listens."""
+    port = free_port()
+    conf = nginx_conf(prefix, www, "127.0.0.1", port, rate)
+    proc = group.popen(
+        ["nginx", "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)],
+        prefix / "stderr.log",
+    )
+    wait_port("127.0.0.1", port, alive=lambda: proc.poll() is None)
+    return port
+
+
 ACCESS_RE = re.compile(
     r'^(?P<addr>\S+) "(?P<method>\S+) (?P<path>\S+) [^"]*" (?P<status>\d+) (?P<bytes>\d+) '
     r'"(?P<range>[^"]*)" (?P<time>\S+) (?P<end>\S+)$'

@@ -30,7 +30,7 @@ for p in (str(HERE), str(CHECKOUT)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from _fleetlib import Group, free_port, nginx_conf, read_access_log, wait_port  # noqa: E402
+from _fleetlib import Group, read_access_log, start_mirror  # noqa: E402
 from common import require_tools  # noqa: E402
 from speed import start_daemons, status  # noqa: E402
 
@@ -150,21 +150,7 @@ def main() -> int:
         www.mkdir()
         (www / "debian").symlink_to(repo.root)
         os.chmod(www, 0o755)
-        port = free_port()
-        conf = nginx_conf(work / "nginx", www, "127.0.0.1", port, None)
-        nginx = group.popen(
-            [
-                "nginx",
-                "-p",
-                str(work / "nginx"),
-                "-e",
-                str(work / "nginx/error.log"),
-                "-c",
-                str(conf),
-            ],
-            work / "nginx.out",
-        )
-        wait_port("127.0.0.1", port, alive=lambda: nginx.poll() is None)
+        port = start_mirror(group, work / "nginx", www)
         mirror, log = f"127.0.0.1:{port}", work / "nginx" / "access.log"
         arches = scenario_arches(group, work / "arches", repo, mirror, log)
         churn = scenario_churn(group, work / "churn", repo, mirror, log)

@@ -50,7 +50,7 @@ for p in (str(HERE), str(CHECKOUT)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from _fleetlib import DelayRelay, Group, free_port, nginx_conf, read_access_log, wait_port  # noqa: E402
+from _fleetlib import DelayRelay, Group, free_port, read_access_log, start_mirror  # noqa: E402
 from common import require_tools  # noqa: E402
 from index import generate_packages  # noqa: E402
 
@@ -365,21 +365,7 @@ def main() -> int:
             f"{archive.size / 1e6:.1f} MB, built in {time.monotonic() - t0:.1f} s",
             flush=True,
         )
-        port = free_port()
-        conf = nginx_conf(work / "nginx", archive.www, "127.0.0.1", port, None)
-        nginx = group.popen(
-            [
-                "nginx",
-                "-p",
-                str(work / "nginx"),
-                "-e",
-                str(work / "nginx/error.log"),
-                "-c",
-                str(conf),
-            ],
-            work / "nginx.out",
-        )
-        wait_port("127.0.0.1", port, alive=lambda: nginx.poll() is None)
+        port = start_mirror(group, work / "nginx", archive.www)
         mirror = f"127.0.0.1:{port}"
         log = work / "nginx" / "access.log"
         rounds = []

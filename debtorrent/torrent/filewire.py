@@ -97,8 +97,8 @@ class Have:
 
 
 @dataclass(frozen=True, slots=True)
-class Request:
-    """One block: *length* bytes at *offset* in piece *piece* of the file."""
+class _Block:
+    """One block of a file: *length* bytes at *offset* in piece *piece*."""
 
     sha256: bytes
     piece: int
@@ -106,24 +106,22 @@ class Request:
     length: int
 
 
-@dataclass(frozen=True, slots=True)
-class Reject:
+class Request(_Block):
+    """Send me this block."""
+
+    __slots__ = ()
+
+
+class Reject(_Block):
     """The sender will not send this block (choked, unknown file, not had)."""
 
-    sha256: bytes
-    piece: int
-    offset: int
-    length: int
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Cancel:
+class Cancel(_Block):
     """The receiver no longer wants this block."""
 
-    sha256: bytes
-    piece: int
-    offset: int
-    length: int
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
