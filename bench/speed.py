@@ -172,6 +172,10 @@ def start_daemons(group: Group, work: Path, hosts: list[str]) -> list[DaemonProc
                 str(home / "daemon.log"),
                 "--allowed-mirrors",  # nginx is on loopback: named to be reached
                 "*,127.0.0.1",
+                "--discovery",  # nothing leaves the machine: no LSD, no DHT
+                "pex",
+                "--dht-bootstrap",
+                "none",
                 *[arg for ring in fixture_keyrings() for arg in ("--keyring", str(ring))],
                 *peers,
             ],

@@ -11,12 +11,14 @@ fetched a byte). Files are the swarm's numbers; peers any hashable object.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+import time
+from collections.abc import Callable, Hashable, Iterable
 from typing import NamedTuple
 
-__all__ = ["CLAIM_SETTLE", "Claim", "Claims", "winner"]
+__all__ = ["BUSY_WINDOW", "CLAIM_SETTLE", "Claim", "Claims", "winner"]
 
 CLAIM_SETTLE = 0.05  # seconds a mirror fetch waits after its claim when peers may claim too
+BUSY_WINDOW = 5.0  # seconds after a peer's last claim that the fleet counts as fetching
 
 
 class Claim(NamedTuple):
@@ -37,11 +39,21 @@ def winner(claims: Iterable[Claim]) -> Claim:
 class Claims:
     """The peers that said they fetch a file from the mirror, per file."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._by_file: dict[int, dict[Hashable, int]] = {}
+        self._clock = clock
+        self._last_claim = float("-inf")
 
     def started(self, file: int, peer: Hashable, started_ms: int) -> None:
         self._by_file.setdefault(file, {})[peer] = started_ms
+        self._last_claim = self._clock()
+
+    def busy(self, within: float = BUSY_WINDOW) -> bool:
+        """Whether a peer claimed some file in the last *within* seconds: the fleet is
+        fetching from the mirror right now, so a claim of ours may meet one of theirs
+        and is worth :data:`CLAIM_SETTLE` before the first byte (an idle fleet is not
+        made to wait)."""
+        return self._clock() - self._last_claim < within
 
     def ended(self, file: int, peer: Hashable) -> None:
         fetching = self._by_file.get(file)

@@ -471,8 +471,8 @@ class SuiteSwarm(Swarm):
         self.fetches[file] = fetch
         if request is not None:
             request.mirror_joined = True
-        if self.peers:  # peers may claim it at this very moment: settle before the mirror
-            fetch.settle = CLAIM_SETTLE
+        if self.peers and self.claims.busy():  # a fleet fetching together: let a claim
+            fetch.settle = CLAIM_SETTLE  # sent at this very moment cross ours first
         # the mirror is a peer: it claims the blocks still free, so nobody else is asked
         self.picker.pick(fetch, fetch.has, 1 << 30, only=None)
         self._send_all(fw.FetchStarted(self.file_sha256(file), fetch.started_ms))
