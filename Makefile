@@ -11,7 +11,7 @@ ARGS ?=
 # peers you name). On a real LAN: make run DISCOVERY=lsd,dht,pex
 DISCOVERY ?= pex
 
-.PHONY: run test lint format unit debs venv bench-serve bench-swarm bench-fleet bench-index bench-load bench-lan bench clean
+.PHONY: run test lint format unit debs venv bench-serve bench-swarm bench-fleet bench-index bench-load bench-speed bench-churn bench-lan bench clean
 
 venv: $(VENV)/.stamp
 
@@ -67,10 +67,16 @@ bench-index: venv
 bench-load: venv debs
 	$(PY) bench/load.py $(ARGS)
 
+bench-speed: venv debs
+	$(PY) bench/speed.py $(ARGS)
+
+bench-churn: venv debs
+	$(PY) bench/churn.py $(ARGS)
+
 bench-lan: venv debs
 	$(PY) bench/lan.py $(ARGS)
 
-bench: bench-serve bench-swarm bench-fleet bench-index bench-load
+bench: bench-serve bench-swarm bench-fleet bench-index bench-load bench-speed bench-churn
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
