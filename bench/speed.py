@@ -36,6 +36,7 @@ import lzma
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -290,6 +291,17 @@ def big_suite(archive: Archive) -> tuple[str, int]:
     return rel, len(data)
 
 
+PROBE = """
+import os, sys, time, urllib.request
+url, stop = sys.argv[1], sys.argv[2]
+while not os.path.exists(stop):
+    t0 = time.monotonic()
+    urllib.request.urlopen(url, timeout=30).read()
+    print(time.monotonic() - t0, flush=True)
+    time.sleep(0.005)
+"""
+
+
 def hub_latency(group: Group, work: Path, archive: Archive, mirror: str) -> dict:
     """Worst answer time for a cached .deb while daemon A loads the big index."""
     by_hash, size = big_suite(archive)
@@ -302,41 +314,41 @@ def hub_latency(group: Group, work: Path, archive: Archive, mirror: str) -> dict
         url = f"{a.base}/{mirror}/debian/{deb}"
         base = f"{a.base}/{mirror}/debian/dists/big"
         urllib.request.urlopen(f"{base}/InRelease", timeout=30).read()
-        samples: list[tuple[float, bool]] = []
-        stop = threading.Event()
-
-        def probe() -> None:
-            while not stop.is_set():
-                t0 = time.monotonic()
-                urllib.request.urlopen(url, timeout=30).read()
-                samples.append((time.monotonic() - t0, stop.is_set()))
-                time.sleep(0.005)
-
+        # the probe runs in a process of its own: in this one, its timings would also
+        # measure this process's threads waiting for their own GIL
+        stop_file = work / "latency" / "stop"
+        probe = subprocess.Popen(
+            [sys.executable, "-c", PROBE, url, str(stop_file)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         loading_seen = []
+        stop = threading.Event()
 
         def watch() -> None:
             while not stop.is_set():
                 loading_seen.append(status(a.host, a.port).get("indexes_loading", 0))
-                time.sleep(0.02)
+                time.sleep(0.05)
 
-        threads = [threading.Thread(target=probe), threading.Thread(target=watch)]
-        for t in threads:
-            t.start()
-        time.sleep(0.2)
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        time.sleep(0.3)
         t0 = time.monotonic()
         urllib.request.urlopen(f"{a.base}/{mirror}/debian/{by_hash}", timeout=120).read()
         load = time.monotonic() - t0
         time.sleep(0.1)
         stop.set()
-        for t in threads:
-            t.join(30)
-        worst = max(s for s, _ in samples) if samples else float("nan")
+        stop_file.touch()
+        watcher.join(30)
+        out, _ = probe.communicate(timeout=60)
+        samples = [float(x) for x in out.split()]
+        worst = max(samples) if samples else float("nan")
         return {
             "index_mb": size / 1e6,
             "load_s": load,
             "probes": len(samples),
             "worst_ms": worst * 1000,
-            "median_ms": statistics.median(s for s, _ in samples) * 1000 if samples else 0,
+            "median_ms": statistics.median(samples) * 1000 if samples else 0,
             "loading_observed": max(loading_seen, default=0),
         }
     finally:

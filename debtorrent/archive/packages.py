@@ -81,7 +81,7 @@ class PackageIndex:
         return sum(self.sizes)
 
 
-def decompress(data: bytes, suffix: str, limit: int | None = None) -> bytes:
+def decompress(data: bytes, suffix: str, limit: int | None = None) -> bytes | bytearray:
     """Uncompress an index by its file-name suffix (``""`` for none).
 
     Output beyond ``limit`` bytes is refused rather than produced: an index is checked
@@ -123,17 +123,49 @@ def decompress(data: bytes, suffix: str, limit: int | None = None) -> bytes:
     return out
 
 
-def _whole(decompressor, data: bytes, limit: int) -> bytes:
-    try:
-        out = decompressor.decompress(data, limit + 1)
-    except TypeError:  # zstandard's object takes no length limit (bounded by the caller)
-        out = decompressor.decompress(data)
+OUT_CHUNK = 1 << 20  # bytes produced per decompression call (see _whole)
+_ZLIB = type(zlib.decompressobj())
+
+
+def _whole(decompressor, data: bytes, limit: int) -> bytes | bytearray:
+    """All of ``data`` uncompressed, at most ``limit + 1`` bytes of it.
+
+    In 1 MiB steps into a growing buffer: one call producing 50 MB holds the GIL while
+    it assembles its result (about 45 ms measured), which in the threadpool stalls the
+    hub, and apt with it; returned as it is, never copied once more into ``bytes``.
+    """
+    if isinstance(decompressor, _ZLIB):  # zlib hands the input it left back
+        out = bytearray()
+        rest = data
+        while True:
+            out += decompressor.decompress(rest, OUT_CHUNK)
+            rest = decompressor.unconsumed_tail
+            if len(out) > limit or decompressor.eof or not rest:
+                break
+        if len(out) <= limit and not decompressor.eof:
+            raise BadIndexError("compressed index is truncated")
+        return out
+    if not hasattr(decompressor, "needs_input"):
+        try:  # zstandard's object takes no length limit (bounded by the caller)
+            out = decompressor.decompress(data, limit + 1)
+        except TypeError:
+            out = decompressor.decompress(data)
+        if len(out) <= limit and not getattr(decompressor, "eof", True):
+            raise BadIndexError("compressed index is truncated")
+        return out
+    out = bytearray()
+    piece = decompressor.decompress(data, OUT_CHUNK)
+    while True:
+        out += piece
+        if len(out) > limit or decompressor.eof or decompressor.needs_input:
+            break
+        piece = decompressor.decompress(b"", min(OUT_CHUNK, limit + 1 - len(out)))
     if len(out) <= limit and not decompressor.eof:
         raise BadIndexError("compressed index is truncated")
     return out
 
 
-def _gunzip(data: bytes, limit: int) -> bytes:
+def _gunzip(data: bytes, limit: int) -> bytes | bytearray:
     """gzip members one after another (as ``gzip -d`` reads them), within ``limit``."""
     out = bytearray()
     rest = data
@@ -141,7 +173,7 @@ def _gunzip(data: bytes, limit: int) -> bytes:
         decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
         out += _whole(decompressor, rest, limit - len(out))
         rest = decompressor.unused_data
-    return bytes(out)
+    return out
 
 
 def compression_of(path: str) -> str:

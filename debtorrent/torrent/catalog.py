@@ -25,7 +25,7 @@ from debtorrent.torrent.layout import LAYOUT1_PIECE_LENGTH, Layout
 __all__ = ["PREFIX", "FileCatalog", "Place", "prefix_of"]
 
 PREFIX = 8  #: bytes of a SHA256 that name a file in availability messages
-PAUSE_EVERY = 4096  #: entries of an index taken between two pauses
+PAUSE_EVERY = 2048  #: entries of an index taken between two pauses
 MAX_PLACES = 8  #: other places kept per file (an index listing one file many times: no)
 
 

@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 SMALL_FILE = LAYOUT1_PIECE_LENGTH  # files of one piece never wait for peers to connect
 SMALL_FILE_PATIENCE = 1.0  # seconds a small file may take from peers before the mirror races
 MAX_ATTEMPTS = 2  # whole-file failures before apt is told
+YIELD = 0.001  # seconds a long loop on the hub sleeps between two slices
 HASH_WAIT = 2.0  # seconds peers offering a larger file have to give its hash list
 
 
@@ -172,7 +173,7 @@ class SuiteSwarm(Swarm):
                     self.picker.piece_verified(piece)
                 found.append(file)
             if count % PAUSE_EVERY == 0:
-                gevent.sleep(0)
+                gevent.sleep(YIELD)
         self.complete_files += len(found)
         for peer in list(self.peers):
             peer.plane.files_added(new)
@@ -209,9 +210,10 @@ class SuiteSwarm(Swarm):
         log.info("%s: %s/%s left; %d files no longer listed", self, *key[:2], len(gone))
 
     def _pause(self) -> None:
-        """Between two slices of a large index: the layout grew, let others run."""
+        """Between two slices of a large index: the layout grew, let others run (a real
+        sleep, so that the hub polls for I/O: apt's requests wait otherwise)."""
         self._grow()
-        gevent.sleep(0)
+        gevent.sleep(YIELD)
 
     def _grow(self) -> None:
         """The layout grew: make room for its new pieces everywhere pieces are counted."""
@@ -292,7 +294,7 @@ class SuiteSwarm(Swarm):
         added = lost = 0
         for file in self.catalog:
             if file % 4096 == 4095:
-                gevent.sleep(0)  # 63,000 files: let apt be answered in between
+                gevent.sleep(YIELD)  # 63,000 files: let apt be answered in between
             if not self.catalog.listed(file) or file in self.requests:
                 continue
             if self.store.partial(file):
