@@ -53,8 +53,6 @@ log = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.001  # seconds a thread holds the GIL before the hub may take it
 EXIT_OK = 0
 EXIT_FAILURE = 1
-CHECKPOINT_INTERVAL = 60.0
-EXPIRY_FIRST = 60.0  # seconds after start: apt's first update reloads what is listed
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -128,6 +126,7 @@ class Daemon:
             self.app,
             self._client_allowed,
             prefetch=self.app.prefetch,
+            timeouts=self.session.policy.apt,
             log=None,
             error_log=logging.getLogger("debtorrent.http"),
         )
@@ -174,7 +173,7 @@ class Daemon:
         return [body]
 
     def _expiry_loop(self) -> None:
-        gevent.sleep(min(EXPIRY_FIRST, self.config.expire_interval))
+        gevent.sleep(min(self.session.policy.expiry_first, self.config.expire_interval))
         while True:
             try:
                 self.expiry.run()
@@ -185,7 +184,7 @@ class Daemon:
 
     def _checkpoint_loop(self) -> None:
         while True:
-            gevent.sleep(CHECKPOINT_INTERVAL)
+            gevent.sleep(self.session.policy.checkpoint_interval)
             self.state.save(self.session.counters)
 
     def stop(self) -> None:

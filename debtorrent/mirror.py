@@ -62,7 +62,7 @@ MAX_REDIRECTS = 5
 # Connections kept alive, and requests in flight at once, per mirror. More requests
 # wait for a free connection (bounded by the timeout) rather than open more: a cold
 # apt run starts up to ten downloads at once (pipelined requests read ahead).
-CONNECTIONS_PER_MIRROR = 8
+CONNECTIONS_PER_MIRROR = 10  # apt keeps up to 10 requests in flight on its connection
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Timeouts, limits and back-offs of the peer side, as frozen values in one place.
+"""Timeouts, limits and back-offs of the daemon, as frozen values in one place.
 
 These used to be constants scattered over the modules that use them (handshake, idle,
 keep-alive, snub and connect timeouts in ``peer`` and ``session``, ban lengths, the
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "AptTimeouts",
     "Backoff",
     "BanPolicy",
     "DialPolicy",
@@ -56,6 +57,19 @@ class Backoff:
         if failures <= 0:
             return 0.0
         return min(self.cap, self.base * self.factor ** min(failures - 1, 64))
+
+
+@dataclass(frozen=True, slots=True)
+class AptTimeouts:
+    """Seconds the apt side gives a client, from its connection to its last byte.
+
+    One deadline covers each whole step (a byte now and then does not extend it), so a
+    slowloris client holds a socket no longer than these.
+    """
+
+    idle: float = 60.0  #: a keep-alive connection with no next request is closed
+    header: float = 15.0  #: from the request line to the end of the headers
+    send: float = 120.0  #: a client that stops reading a file being sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +149,8 @@ class DialPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Every timeout and limit of the peer side (see the module docstring)."""
+    """Every timeout and limit of the daemon (see the module docstring): the peer side,
+    the apt side, and the daemon's own periodic work."""
 
     timeouts: PeerTimeouts = field(default_factory=PeerTimeouts)
     limits: PeerLimits = field(default_factory=PeerLimits)
@@ -149,6 +164,13 @@ class Policy:
     http_timeout: float = 30.0
     #: seconds between maintenance rounds (snub checks, dialling from the peer list)
     maintenance_interval: float = 2.0
+    #: what the apt side gives a client (idle, headers, a stalled reader)
+    apt: AptTimeouts = field(default_factory=AptTimeouts)
+    #: seconds between checkpoints of the all-time counters (and one at exit)
+    checkpoint_interval: float = 60.0
+    #: seconds after start before the first expiry pass: apt's first update reloads
+    #: what its indexes list, so nothing is expired before it had the chance
+    expiry_first: float = 60.0
 
     @classmethod
     def from_config(cls, config: Any) -> Policy:

@@ -27,6 +27,7 @@ from gevent.socket import wait_write
 
 from debtorrent.apt.lookahead import LookaheadReader
 from debtorrent.apt.tunnel import Tunnel
+from debtorrent.policy import AptTimeouts
 
 __all__ = [
     "AptHandler",
@@ -42,8 +43,6 @@ log = logging.getLogger(__name__)
 SENDFILE_CHUNK = 1 << 20
 MAX_HEADERS = 99  # http.client refuses a 100th line itself (it counts the blank one)
 MAX_HEADER_BYTES = 16384
-IDLE_TIMEOUT = 60.0  # a keep-alive connection with no next request is closed
-HEADER_TIMEOUT = 15.0  # from the request line to the end of the headers
 MAX_CONNECTIONS = 1000  # handled at once; more wait in the kernel's accept queue
 
 
@@ -137,7 +136,8 @@ class AptHandler(WSGIHandler):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass  # not TCP (a Unix socket in a test): nothing to tune
-        sock.settimeout(IDLE_TIMEOUT)
+        self.timeouts: AptTimeouts = getattr(server, "timeouts", AptTimeouts())
+        sock.settimeout(self.timeouts.idle)
         self.lookahead: LookaheadReader | None = None
         prefetch = getattr(server, "prefetch", None)
         if rfile is None and prefetch is not None:
@@ -171,11 +171,11 @@ class AptHandler(WSGIHandler):
         if self.lookahead is not None:
             self.lookahead.idle()
         # one deadline for the whole line: a byte now and then must not hold the socket
-        with gevent.Timeout(IDLE_TIMEOUT, TimeoutError("no request in time")):
+        with gevent.Timeout(self.timeouts.idle, TimeoutError("no request in time")):
             return super().read_requestline()
 
     def read_request(self, raw_requestline):
-        with gevent.Timeout(HEADER_TIMEOUT, ValueError("request headers too slow")):
+        with gevent.Timeout(self.timeouts.header, ValueError("request headers too slow")):
             result = super().read_request(raw_requestline)
         if self.lookahead is not None:
             self.lookahead.answering()
@@ -217,11 +217,11 @@ class AptHandler(WSGIHandler):
             try:
                 sent = os.sendfile(out, fd, offset, min(SENDFILE_CHUNK, end - offset))
             except BlockingIOError:
-                wait_write(out, timeout=self.server.send_timeout)
+                wait_write(out, timeout=self.timeouts.send)
                 continue
             except OSError as exc:
                 if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                    wait_write(out, timeout=self.server.send_timeout)
+                    wait_write(out, timeout=self.timeouts.send)
                     continue
                 raise
             if sent == 0:
@@ -236,12 +236,12 @@ class AptServer(WSGIServer):
 
     Clients outside ``--allowed-clients`` are answered 403 and dropped before a byte of
     their request is read, so they cannot hold sockets; at most
-    :data:`MAX_CONNECTIONS` connections are handled at once. ``send_timeout`` bounds
-    a client that stops reading a file being sent.
+    :data:`MAX_CONNECTIONS` connections are handled at once. ``timeouts``
+    (:class:`~debtorrent.policy.AptTimeouts`) bound an idle connection, slow request
+    headers and a client that stops reading a file being sent.
     """
 
     handler_class = AptHandler
-    send_timeout = 120.0
 
     def __init__(
         self,
@@ -249,10 +249,12 @@ class AptServer(WSGIServer):
         application,
         client_allowed,
         prefetch: Callable[[str, str], None] | None = None,
+        timeouts: AptTimeouts | None = None,
         **kwargs,
     ) -> None:
         super().__init__(listener, application, spawn=Pool(MAX_CONNECTIONS), **kwargs)
         self.client_allowed = client_allowed
+        self.timeouts = timeouts or AptTimeouts()
         # prefetch(client address, raw target) starts a pipelined request's download
         # while the requests before it are still being answered (see lookahead)
         self.prefetch = prefetch

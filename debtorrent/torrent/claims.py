@@ -15,10 +15,14 @@ import time
 from collections.abc import Callable, Hashable, Iterable
 from typing import NamedTuple
 
-__all__ = ["BUSY_WINDOW", "CLAIM_SETTLE", "Claim", "Claims", "winner"]
+__all__ = ["BUSY_WINDOW", "CLAIM_SETTLE", "CLAIM_SETTLE_BUSY", "Claim", "Claims", "winner"]
 
-CLAIM_SETTLE = 0.05  # seconds a mirror fetch waits after its claim when peers may claim too
-BUSY_WINDOW = 5.0  # seconds after a peer's last claim that the fleet counts as fetching
+#: seconds a mirror fetch waits after its claim, when peers are connected, for a claim
+#: sent at the same moment to cross it: a LAN's round trip many times over, or longer
+#: while the fleet is fetching (a peer claimed a file in the last BUSY_WINDOW seconds)
+CLAIM_SETTLE = 0.01
+CLAIM_SETTLE_BUSY = 0.05
+BUSY_WINDOW = 5.0
 
 
 class Claim(NamedTuple):
@@ -48,12 +52,15 @@ class Claims:
         self._by_file.setdefault(file, {})[peer] = started_ms
         self._last_claim = self._clock()
 
-    def busy(self, within: float = BUSY_WINDOW) -> bool:
-        """Whether a peer claimed some file in the last *within* seconds: the fleet is
-        fetching from the mirror right now, so a claim of ours may meet one of theirs
-        and is worth :data:`CLAIM_SETTLE` before the first byte (an idle fleet is not
-        made to wait)."""
-        return self._clock() - self._last_claim < within
+    def settle(self) -> float:
+        """Seconds a new fetch of ours waits after its claim: longer while the fleet is
+        fetching from the mirror (a peer claimed a file in the last
+        :data:`BUSY_WINDOW` seconds), when claims of ours are most likely to meet one of
+        theirs and the machines are busiest; short otherwise, so a lone install is
+        hardly slowed."""
+        if self._clock() - self._last_claim < BUSY_WINDOW:
+            return CLAIM_SETTLE_BUSY
+        return CLAIM_SETTLE
 
     def ended(self, file: int, peer: Hashable) -> None:
         fetching = self._by_file.get(file)

@@ -48,7 +48,7 @@ from debtorrent.errors import (
 )
 from debtorrent.torrent import filewire as fw
 from debtorrent.torrent.catalog import PAUSE_EVERY, FileCatalog, Place
-from debtorrent.torrent.claims import CLAIM_SETTLE, Claim, Claims
+from debtorrent.torrent.claims import Claim, Claims
 from debtorrent.torrent.fileplane import FilePlane
 from debtorrent.torrent.hashlists import HashLists
 from debtorrent.torrent.layout import LAYOUT1_PIECE_LENGTH
@@ -473,8 +473,8 @@ class SuiteSwarm(Swarm):
         self.fetches[file] = fetch
         if request is not None:
             request.mirror_joined = True
-        if self.peers and self.claims.busy():  # a fleet fetching together: let a claim
-            fetch.settle = CLAIM_SETTLE  # sent at this very moment cross ours first
+        if self.peers:  # let a claim a peer sent at this very moment cross ours first
+            fetch.settle = self.claims.settle()
         # the mirror is a peer: it claims the blocks still free, so nobody else is asked
         self.picker.pick(fetch, fetch.has, 1 << 30, only=None)
         self._send_all(fw.FetchStarted(self.file_sha256(file), fetch.started_ms))
