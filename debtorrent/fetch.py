@@ -109,9 +109,10 @@ class Download:
         if not (self.started or self.done):
             raise MirrorError(self.url, "sent no answer in time")
 
-    def wait_done(self, timeout: float) -> Path:
+    def wait_done(self, timeout: float | None) -> Path:
         """Block until the file is complete and in the cache; raise its error, or a
-        timeout as a :class:`MirrorTimeoutError`."""
+        timeout as a :class:`MirrorTimeoutError`. ``None`` waits as long as the
+        download runs (each read from the mirror has its own timeout)."""
         with gevent.Timeout(timeout, False):
             while not (self.done or self.error):
                 self._changed.wait()
