@@ -277,7 +277,8 @@ class MirrorFetch:
         piece = pieces.start + position // layout.piece_length
         stop = run.stop if ranged else pieces.stop
         pending = b""  # the start of the next piece, when a read ended inside it
-        streaming_whole = position == 0 and self._hashed == 0
+        # a one-piece file's piece hash is its file hash: the stream need not hash it twice
+        streaming_whole = position == 0 and self._hashed == 0 and len(pieces) > 1
         for chunk in response.chunks():
             if self.yielded:
                 response.release()
