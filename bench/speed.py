@@ -335,6 +335,13 @@ def hub_latency(group: Group, work: Path, archive: Archive, mirror: str) -> dict
         time.sleep(0.3)
         t0 = time.monotonic()
         urllib.request.urlopen(f"{a.base}/{mirror}/debian/{by_hash}", timeout=120).read()
+        answered = time.monotonic() - t0
+        # apt has the index now; the daemon loads it after: measure until its swarm is up
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(
+            "_big_" in s["name"] for s in status(a.host, a.port)["swarms"]
+        ):
+            time.sleep(0.01)
         load = time.monotonic() - t0
         time.sleep(0.1)
         stop.set()
@@ -346,6 +353,7 @@ def hub_latency(group: Group, work: Path, archive: Archive, mirror: str) -> dict
         return {
             "index_mb": size / 1e6,
             "load_s": load,
+            "answered_s": answered,
             "probes": len(samples),
             "worst_ms": worst * 1000,
             "median_ms": statistics.median(samples) * 1000 if samples else 0,
@@ -452,7 +460,8 @@ def main() -> int:
         met = latency["worst_ms"] < 50
         ok &= met
         print(
-            f"  hub during a {latency['index_mb']:.0f} MB index load ({latency['load_s']:.2f} s): "
+            f"  hub during a {latency['index_mb']:.0f} MB index load ({latency['load_s']:.2f} s; "
+            f"the index itself answered in {latency['answered_s']:.2f} s): "
             f"{latency['probes']} cached answers, worst {latency['worst_ms']:.1f} ms, median "
             f"{latency['median_ms']:.1f} ms (goal < 50 ms: {'met' if met else 'NOT met'}); "
             f"indexes_loading seen {latency['loading_observed']}"
