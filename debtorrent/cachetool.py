@@ -129,7 +129,7 @@ class CacheTool:
     def load_indexes(self) -> int:
         """Load the Releases and Packages saved in the cache (as the daemon does); the
         number of trusted indexes."""
-        self.archive.load_saved()
+        self.archive.load_saved(save=False)
         return len(self._trusted())
 
     def _trusted(self) -> list[LoadedIndex]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from debtorrent import offload
 from debtorrent.archive.packages import (
+    COMPRESSIONS,
     PackageEntry,
     PackageIndex,
     compression_of,
@@ -164,7 +165,9 @@ class Archive:
 
     # --- Packages ---------------------------------------------------------------
 
-    def add_compressed(self, mirror: str, path: str, data: bytes, size: int | None) -> LoadedIndex:
+    def add_compressed(
+        self, mirror: str, path: str, data: bytes, size: int | None, *, save: bool = True
+    ) -> LoadedIndex:
         """Load a ``Packages`` index as fetched (compressed as its name says, to at most
         ``size`` bytes, the Release's figure), decompressed off the hub."""
         self.loading += 1
@@ -172,7 +175,7 @@ class Archive:
             plain = offload.run(decompress, data, compression_of(path), size)
         finally:
             self.loading -= 1
-        return self.add_packages(mirror, path, plain)
+        return self.add_packages(mirror, path, plain, save=save)
 
     def add_packages(
         self, mirror: str, path: str, data: bytes, *, digest: str | None = None, save: bool = True
@@ -254,10 +257,12 @@ class Archive:
 
     # --- start-up ---------------------------------------------------------------
 
-    def load_saved(self) -> int:
+    def load_saved(self, *, save: bool = True) -> int:
         """Load every Release and matching ``Packages`` kept in the cache; returns indexes.
 
-        Each Release is verified again (keys and Valid-Until may have changed).
+        Each Release is verified again (keys and Valid-Until may have changed). An index
+        loaded from a compressed copy is saved uncompressed for the next start unless
+        ``save`` is false (the cache commands only read).
         """
         saved = sorted(self._saved_releases(), key=lambda item: item[1].endswith("InRelease"))
         for mirror, path, file in saved:  # InRelease last: it wins
@@ -275,21 +280,50 @@ class Archive:
             for rel, listed in release.entries.items():
                 if not (_BINARY_RE.match(rel) or (release.flat and rel == "Packages")):
                     continue
-                file = self.cache.get(mirror, f"{dist}/{rel}" if dist else rel)
-                if file is None:
-                    continue
                 try:
-                    data = offload.run(file.read_bytes)
-                    digest = offload.run(_sha256_hex, data)
-                    if digest != listed.sha256:
-                        log.info("saved %s/%s/%s is outdated; not loaded", mirror, dist, rel)
-                        continue
-                    where = f"{dist}/{rel}" if dist else rel
-                    self.add_packages(mirror, where, data, digest=digest, save=False)
-                    count += 1
+                    count += self._load_saved_index(mirror, dist, release, rel, listed, save)
                 except (OSError, ValueError, DebtorrentError) as exc:
                     log.warning("ignoring saved %s/%s/%s: %s", mirror, dist, rel, exc)
         return count
+
+    def _load_saved_index(
+        self,
+        mirror: str,
+        dist: str,
+        release: ReleaseInfo,
+        rel: str,
+        listed: IndexEntry,
+        save: bool,
+    ) -> bool:
+        """Load one index the Release lists from the cache: its saved uncompressed copy,
+        else a compressed copy apt was given (by name or by hash) whose load a stop cut
+        short (apt has its index once the bytes verify; the daemon loads it after)."""
+        where = f"{dist}/{rel}" if dist else rel
+        file = self.cache.get(mirror, where)
+        if file is not None:
+            data = offload.run(file.read_bytes)
+            digest = offload.run(_sha256_hex, data)
+            if digest == listed.sha256:
+                self.add_packages(mirror, where, data, digest=digest, save=False)
+                return True
+        for suffix in COMPRESSIONS[1:]:
+            packed = release.entries.get(rel + suffix)
+            if packed is None:
+                continue
+            by_hash = f"{rel.rpartition('/')[0]}/by-hash/SHA256/{packed.sha256}".lstrip("/")
+            for name in (rel + suffix, by_hash):
+                copy = self.cache.get(mirror, f"{dist}/{name}" if dist else name)
+                if copy is None or copy.stat().st_size != packed.size:
+                    continue
+                data = offload.run(copy.read_bytes)
+                if offload.run(_sha256_hex, data) != packed.sha256:
+                    continue
+                log.info("loading %s/%s from its compressed copy %s", mirror, where, name)
+                self.add_compressed(mirror, where + suffix, data, listed.size, save=save)
+                return True
+        if file is not None:
+            log.info("saved %s/%s is outdated; not loaded", mirror, where)
+        return False
 
     def _saved_releases(self):
         """``(mirror, path, file)`` of every saved Release and InRelease (pools skipped:

@@ -249,6 +249,34 @@ def test_apt_update_and_install_through_the_daemon(
     assert status_json(daemon)["totals"]["bytes_from_mirror"] == 0
 
 
+def test_an_index_load_cut_short_by_a_stop_is_finished_at_start(
+    repo: Repo, mirror: MirrorServer, daemon_factory, apt_factory
+) -> None:
+    """apt has its index once the bytes verify; the daemon loads it after. A daemon
+    stopped in between kept the compressed copy apt was given, not the uncompressed
+    one: the next start loads the index from that copy, so the packages are cached and
+    shared without waiting for the Release to change (apt would only say Hit:)."""
+    daemon = start_daemon(daemon_factory)
+    apt_factory.path_form(daemon, mirror).update()
+    saved = cache_root(daemon, mirror) / "debian" / repo.index_rel(repo.packages_index())
+    wait_until(saved.is_file, what="the Packages index saved")
+    daemon.stop()
+    saved.unlink()  # what a stop before the end of the load leaves
+
+    logged = len(daemon.log_text())
+    daemon.start()
+    log_now = daemon.log_text()[logged:]
+    assert "from its compressed copy" in log_now and "loaded 1 saved Packages" in log_now
+    assert saved.read_bytes() == repo.packages_index().read_bytes()  # kept for next time
+    before = len(mirror.records())
+    big = repo.package("dt-big")
+    status, _, body = request(daemon, deb_target(mirror, big))
+    assert status == 200 and sha256(body) == big.sha256
+    assert len(mirror.records()) == before + 1  # the .deb only: no index fetched again
+    assert "in no loaded index" not in daemon.log_text()
+    wait_until(lambda: cached_deb(daemon, mirror, big).is_file(), what="dt-big cached")
+
+
 # ---- mirror faults --------------------------------------------------------------------------
 # What apt reports: a status before the first byte, or a cut transfer once streaming began.
 CUT = r"Error reading from server|[Cc]onnection (closed|reset|failed)|closed connection"
