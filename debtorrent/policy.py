@@ -107,6 +107,9 @@ class PeerLimits:
     """
 
     pipeline: int = 64  #: block requests in flight per peer (~1 MiB)
+    #: the longest run of consecutive blocks asked for in one file-plane request (the
+    #: peer's ``dt_run`` caps it): one message instead of several, on both sides
+    file_run: int = 128 * KiB
     max_queued_requests: int = 500  #: requests a peer may queue with us (our reqq)
     max_peer_reqq: int = 1000  #: the most requests we queue with a peer, whatever it says
     send_watermark: int = 1 * MiB

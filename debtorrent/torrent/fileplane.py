@@ -25,6 +25,7 @@ from debtorrent.errors import ProtocolError
 from debtorrent.torrent import bencode, wire
 from debtorrent.torrent import filewire as fw
 from debtorrent.torrent.catalog import prefix_of
+from debtorrent.torrent.layout import BLOCK_SIZE
 
 if TYPE_CHECKING:
     from debtorrent.torrent.peer import PeerConnection
@@ -234,12 +235,31 @@ class FilePlane:
         elif isinstance(msg, fw.Cancel):
             peer.handle(wire.Cancel(piece, msg.offset, length))
         elif isinstance(msg, fw.Reject):
-            asked = (piece, msg.offset) in peer.requested
-            peer.handle(wire.RejectRequest(piece, msg.offset, length))
+            blocks = _blocks(msg.offset, length)
+            # a run is rejected whole when we cancelled one of its blocks: that answers
+            # our cancel; a run (or block) rejected while all of it was asked is a refusal
+            asked = all((piece, offset) in peer.requested for offset, _ in blocks)
+            for offset, size in blocks:
+                peer.handle(wire.RejectRequest(piece, offset, size))
             if asked and file in self.files and not peer.peer_choking:
                 # it said it had the whole file, unchokes us, and will not send it
                 self._lose_files([file])
                 self.swarm.refused(peer, file)
                 raise ProtocolError("refused a block of a file it offered whole")
-        else:
+        elif len(msg.data) <= BLOCK_SIZE:
             peer.handle(wire.Piece(piece, msg.offset, msg.data))
+        else:  # a run: block by block, as the picker and the smart ban count them
+            data = msg.data
+            for offset, size in _blocks(msg.offset, len(data)):
+                if peer.closed:
+                    return
+                start = offset - msg.offset
+                peer.handle(wire.Piece(piece, offset, data[start : start + size]))
+
+
+def _blocks(offset: int, length: int) -> list[tuple[int, int]]:
+    """``(offset, length)`` of each block of a run (the last one may be short)."""
+    return [
+        (start, min(BLOCK_SIZE, offset + length - start))
+        for start in range(offset, offset + length, BLOCK_SIZE)
+    ]

@@ -8,8 +8,9 @@ messages are BEP 10 extension messages (docs/layout2.md has the table):
 - ``dt_files``: whole files the sender has, as 8-byte SHA256 prefixes (added, removed,
   ``f`` on the first message of a complete set);
 - ``dt_have``: verified pieces of a file the sender does not have whole yet;
-- ``dt_request`` / ``dt_reject`` / ``dt_cancel``: one block, by (file, piece, offset,
-  length); ``dt_piece``: its bytes, after the dictionary (as BEP 9 carries metadata);
+- ``dt_request`` / ``dt_reject`` / ``dt_cancel``: a block, or a run of blocks of one
+  piece up to the ``dt_run`` the receiver announced, by (file, piece, offset, length);
+  ``dt_piece``: its bytes, after the dictionary (as BEP 9 carries metadata);
 - ``dt_hashes``: a file's piece SHA256 list, asked for, given or refused;
 - ``dt_fetching``: "I am fetching this file from the mirror" (started, finished,
   aborted, failed at its source).
@@ -40,6 +41,7 @@ __all__ = [
     "MAX_HAVE_PIECES",
     "MAX_PIECE",
     "MAX_PREFIXES",
+    "MAX_RUN",
     "NAMES",
     "Cancel",
     "FetchAborted",
@@ -73,6 +75,10 @@ PREFIX = 8
 MAX_PREFIXES = 16384  #: prefixes in one dt_files message (128 KiB of them)
 MAX_HAVE_PIECES = 1024  #: pieces in one dt_have message
 MAX_PIECE = 1 << 24  #: piece numbers within a file (4 TiB at 256 KiB: any real .deb)
+#: the longest run of blocks one dt_request may ask for (and one dt_piece carry); a peer
+#: announces the length it serves as ``dt_run`` in its extension handshake, and is asked
+#: for single blocks (BLOCK_SIZE) when it does not
+MAX_RUN = 8 * BLOCK_SIZE
 
 
 # --- the messages ---------------------------------------------------------------------
@@ -253,8 +259,8 @@ def decode(name: str, payload: Any, trailing: bytes = b"") -> Any:
         return Have(_digest(payload, name), tuple(_piece_number(p, name) for p in pieces))
     if name in _BLOCKS:
         length = payload.get(b"l")
-        if not isinstance(length, int) or not 0 < length <= BLOCK_SIZE:
-            raise ProtocolError(f"{name}: length {length!r} not in 1..{BLOCK_SIZE}")
+        if not isinstance(length, int) or not 0 < length <= MAX_RUN:
+            raise ProtocolError(f"{name}: length {length!r} not in 1..{MAX_RUN}")
         return _BLOCKS[name](
             _digest(payload, name),
             _piece_number(payload.get(b"p"), name),
@@ -262,7 +268,7 @@ def decode(name: str, payload: Any, trailing: bytes = b"") -> Any:
             length,
         )
     if name == DT_PIECE:
-        if not 0 < len(trailing) <= BLOCK_SIZE:
+        if not 0 < len(trailing) <= MAX_RUN:
             raise ProtocolError(f"{name}: a block of {len(trailing)} bytes")
         return Piece(
             _digest(payload, name),

@@ -119,6 +119,7 @@ class PeerConnection:
         key = swarm.session.swarm_key
         self.gate = KeyGate(key, swarm.info_hash, swarm.peer_id) if key is not None else None
         self.reqq = 250
+        self.max_run = BLOCK_SIZE  # longest request the peer serves (file plane: its dt_run)
         self.has = PieceSet(swarm.layout.num_pieces)
         self.seed = False
         self.allowed_fast: set[int] = set()
@@ -241,6 +242,7 @@ class PeerConnection:
                 self.policy.limits.max_queued_requests,
                 session.optional_extensions,
                 extra,
+                run=fw.MAX_RUN if self.plane is not None else None,
             )
             self.send(handshake.message())
         elif self.gate is not None:
@@ -398,8 +400,10 @@ class PeerConnection:
         if room <= 0:
             return
         allowed = self.allowed_fast if self.peer_choking else None
-        for piece, begin, length in self.swarm.pick(self, room, allowed=allowed):
+        picked = self.swarm.pick(self, room, allowed=allowed)
+        for piece, begin, length in picked:
             self.requested[(piece, begin)] = length
+        for piece, begin, length in _runs(picked, self.max_run):
             self.send(wire.Request(piece, begin, length))
 
     def cancel(self, piece: int, begin: int) -> None:
@@ -513,9 +517,24 @@ class PeerConnection:
         try:
             self.incoming.remove(request)
         except ValueError:
-            return  # already sent (or never queued): the piece message answers it
+            # a block of a queued run (file plane): the run goes, rejected whole, and
+            # the peer asks again for what it still wants
+            request = self._queued_run_of(msg)
+            if request is None or not self.fast:
+                return  # already sent (or never queued): the piece message answers it
+            self.incoming.remove(request)
         if self.fast:  # BEP 6: a cancelled request is answered, with a reject
-            self.send(wire.RejectRequest(msg.index, msg.begin, msg.length))
+            self.send(wire.RejectRequest(request.index, request.begin, request.length))
+
+    def _queued_run_of(self, msg: wire.Cancel) -> wire.Request | None:
+        for queued in self.incoming:
+            if (
+                queued.index == msg.index
+                and queued.begin <= msg.begin
+                and msg.begin + msg.length <= queued.begin + queued.length
+            ):
+                return queued
+        return None
 
     def _on_reject(self, msg: wire.RejectRequest) -> None:
         if self.requested.pop((msg.index, msg.begin), None) is not None:
@@ -556,6 +575,9 @@ class PeerConnection:
                 self.swarm.session.peer_listens(self)
             if handshake.reqq:
                 self.reqq = min(handshake.reqq, self.policy.limits.max_peer_reqq)
+            if handshake.run and self.plane is not None:
+                cap = min(handshake.run, fw.MAX_RUN, self.policy.limits.file_run)
+                self.max_run = max(BLOCK_SIZE, cap - cap % BLOCK_SIZE)
             if self.gate is not None and not self.gate.proven:
                 self.send_extended(
                     wire.DT_SWARMKEY, self.gate.on_handshake(msg.payload, self.peer_id)
@@ -654,6 +676,27 @@ class PeerConnection:
 
 
 # what a suite swarm's peers say in file messages instead (HaveNone is harmless)
+def _runs(blocks: list[tuple[int, int, int]], longest: int) -> list[tuple[int, int, int]]:
+    """Consecutive blocks of one piece joined into requests of at most ``longest`` bytes
+    (in the order picked); with ``longest`` one block, the blocks as they are."""
+    if longest <= BLOCK_SIZE:
+        return blocks
+    runs: list[tuple[int, int, int]] = []
+    for piece, begin, length in blocks:
+        if runs:
+            last_piece, last_begin, last_length = runs[-1]
+            if (
+                last_piece == piece
+                and last_begin + last_length == begin
+                and last_length % BLOCK_SIZE == 0
+                and last_length + length <= longest
+            ):
+                runs[-1] = (piece, last_begin, last_length + length)
+                continue
+        runs.append((piece, begin, length))
+    return runs
+
+
 _PIECE_MESSAGES = frozenset(
     {
         wire.Have,

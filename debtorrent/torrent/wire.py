@@ -546,7 +546,8 @@ OPTIONAL_EXTENSIONS = frozenset({UT_PEX, DT_SWARMKEY})
 
 @dataclass(frozen=True, slots=True)
 class ExtensionHandshake:
-    """The BEP 10 handshake: ``m`` (name -> id; 0, "disabled", left out), ``v``, ``p``, ``reqq``.
+    """The BEP 10 handshake: ``m`` (name -> id; 0, "disabled", left out), ``v``, ``p``,
+    ``reqq``, and ``dt_run`` (the file plane's longest request served).
 
     :meth:`parse` is strict about ``m`` (it decides how we talk to the peer) and
     lenient about the informational keys: a ``v`` that is not UTF-8 is decoded with
@@ -558,6 +559,8 @@ class ExtensionHandshake:
     v: str | None = None
     p: int | None = None
     reqq: int | None = None
+    #: ``dt_run``: the longest file-plane request this peer serves (layout 2)
+    run: int | None = None
     #: further top-level keys we send (an extension's own fields); not filled by parse
     extra: Mapping[str, Any] | None = None
 
@@ -571,6 +574,8 @@ class ExtensionHandshake:
             payload["p"] = self.p
         if self.reqq is not None:
             payload["reqq"] = self.reqq
+        if self.run is not None:
+            payload["dt_run"] = self.run
         return Extended(0, payload)
 
     @classmethod
@@ -580,6 +585,7 @@ class ExtensionHandshake:
         reqq: int | None = 250,
         optional: Iterable[str] = (),
         extra: Mapping[str, Any] | None = None,
+        run: int | None = None,
     ) -> ExtensionHandshake:
         """Our own handshake: :data:`LOCAL_EXTENSIONS` (of the optional ones, those
         named in ``optional``), :data:`CLIENT_VERSION`, and ``extra`` keys."""
@@ -589,7 +595,7 @@ class ExtensionHandshake:
             for name, ext_id in LOCAL_EXTENSIONS.items()
             if name not in OPTIONAL_EXTENSIONS or name in wanted
         }
-        return cls(m=m, v=CLIENT_VERSION, p=port, reqq=reqq, extra=extra)
+        return cls(m=m, v=CLIENT_VERSION, p=port, reqq=reqq, run=run, extra=extra)
 
     @classmethod
     def parse(cls, payload: Mapping[bytes, Any]) -> ExtensionHandshake:
@@ -609,9 +615,11 @@ class ExtensionHandshake:
         v = payload.get(b"v")
         p = payload.get(b"p")
         reqq = payload.get(b"reqq")
+        run = payload.get(b"dt_run")
         return cls(
             m=m,
             v=v.decode("utf-8", "replace") if isinstance(v, bytes) else None,
             p=p if isinstance(p, int) and 0 < p < 65536 else None,
             reqq=reqq if isinstance(reqq, int) and reqq > 0 else None,
+            run=run if isinstance(run, int) and not isinstance(run, bool) and run > 0 else None,
         )

@@ -23,6 +23,7 @@ from debtorrent.archive.release import ReleaseInfo
 from debtorrent.cache import Cache
 from debtorrent.torrent import filewire as fw
 from debtorrent.torrent import wire
+from debtorrent.torrent.layout import BLOCK_SIZE
 from debtorrent.torrent.picker import PieceSet
 from debtorrent.torrent.session import Session
 from debtorrent.torrent.suite import SuiteSwarm, suite_identity
@@ -140,10 +141,10 @@ def package(tmp_path: Path, session: Session) -> Iterator[Package]:
     pkg.swarm.close()
 
 
-def relay_of(package: Package) -> tuple[Relay, object]:
+def relay_of(package: Package, run: int | None = None) -> tuple[Relay, object]:
     swarm = package.swarm
     peer, remote, _ = connect_pair(swarm)
-    handshake = wire.ExtensionHandshake(m=dict(RELAY_IDS), v="relay")
+    handshake = wire.ExtensionHandshake(m=dict(RELAY_IDS), v="relay", run=run)
     remote.send(handshake.message())
     wait_for(lambda: peer.extensions, what="the extension handshake")
     assert peer.extensions == RELAY_IDS
@@ -191,6 +192,39 @@ def test_a_peer_whose_hash_list_lies_is_still_banned(package: Package, session: 
     assert isinstance(request.error, Exception)
     assert session.is_banned(peer.address[0])
     assert peer.closed
+
+
+def _requests_seen(relay: Relay) -> list[fw.Request]:
+    return [
+        got
+        for msg in relay.remote.received
+        if isinstance(msg, wire.Extended) and RELAY_NAMES.get(msg.ext_id) == fw.DT_REQUEST
+        for got in [fw.decode(fw.DT_REQUEST, msg.payload, msg.trailing)]
+    ]
+
+
+@pytest.mark.parametrize("run", [None, fw.MAX_RUN])
+def test_a_peer_that_announces_dt_run_is_asked_for_runs_of_blocks(
+    package: Package, session: Session, run: int | None
+) -> None:
+    """A daemon that serves runs (``dt_run`` in its handshake) is asked for up to
+    ``file_run`` bytes of consecutive blocks in one dt_request, and its one dt_piece
+    per run is taken block by block; a peer that does not announce it gets blocks."""
+    relay, peer = relay_of(package, run=run)
+    relay.data, relay.pieces = package.good, 4
+    relay.have()
+    path = package.swarm.request(0).wait(10)
+    relay.stop()
+    assert path.read_bytes() == package.good
+    asked = _requests_seen(relay)
+    longest = max(r.length for r in asked)
+    blocks = -(-len(package.good) // BLOCK_SIZE)
+    if run is None:
+        assert peer.max_run == BLOCK_SIZE and longest == BLOCK_SIZE and len(asked) == blocks
+    else:
+        assert peer.max_run == session.policy.limits.file_run == longest == 8 * BLOCK_SIZE
+        assert len(asked) < blocks // 2, [(r.piece, r.offset, r.length) for r in asked]
+    assert not session.is_banned(peer.address[0]) and not peer.closed
 
 
 def test_bep3_piece_messages_in_a_suite_swarm_are_protocol_errors(
@@ -249,6 +283,30 @@ def test_a_peer_sending_bad_data_is_banned_and_its_blocks_dropped(
         assert all(not swarm.picker.piece_senders(p) for p in range(6))
         assert not swarm.picker.requests_of(peer)
         assert all(swarm.picker.availability(p) == 0 for p in range(6))
+    finally:
+        swarm.close()
+
+
+def test_a_cancel_of_one_block_of_a_queued_run_rejects_the_whole_run(
+    torrent, tmp_path: Path, session: Session
+) -> None:
+    """A run of blocks queued for upload cannot be cut per block: a cancel of any of
+    its blocks drops the run and rejects it whole (BEP 6), and the downloader asks
+    again for what it still wants; a cancel matching nothing queued changes nothing."""
+    meta, _ = torrent
+    swarm = TorrentSwarm(session, meta, tmp_path / "dl")
+    try:
+        peer, remote, _ = connect_pair(swarm)
+        wait_for(lambda: peer.fast, what="the fast extension")
+        run, other = wire.Request(1, 0, 4 * BLOCK_SIZE), wire.Request(2, 0, BLOCK_SIZE)
+        peer.incoming.extend([run, other])  # queued: the uploader is not woken
+        peer.handle(wire.Cancel(3, 0, BLOCK_SIZE))
+        assert list(peer.incoming) == [run, other]
+        peer.handle(wire.Cancel(1, 2 * BLOCK_SIZE, BLOCK_SIZE))
+        assert list(peer.incoming) == [other]
+        wait_for(lambda: remote.of(wire.RejectRequest), what="the reject")
+        assert remote.of(wire.RejectRequest) == [wire.RejectRequest(1, 0, 4 * BLOCK_SIZE)]
+        peer.incoming.clear()
     finally:
         swarm.close()
 

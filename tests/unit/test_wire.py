@@ -379,6 +379,12 @@ def test_extension_handshake_parse_is_strict_on_m_lenient_on_the_rest() -> None:
     assert parsed.v == "\ufffdclient"
     assert parsed.p is None and parsed.reqq is None
     assert ExtensionHandshake.parse({}).m == {}
+    # dt_run, the file plane's longest request served: kept when a positive integer
+    run = ExtensionHandshake.local(run=65536)
+    [msg] = decode_all(wire.encode(run.message()))
+    assert ExtensionHandshake.parse(msg.payload).run == 65536
+    for bad in (0, -5, b"65536", [1]):
+        assert ExtensionHandshake.parse({b"m": {}, b"dt_run": bad}).run is None
     for bad in ({b"m": [1]}, {b"m": {b"x": 256}}, {b"m": {b"x": b"1"}}, {b"m": {b"x": -1}}):
         with pytest.raises(ProtocolError):
             ExtensionHandshake.parse(bad)
