@@ -212,7 +212,10 @@ class Proxy:
 
         def load() -> None:
             try:
-                final = download.wait_done(None)
+                try:
+                    final = download.wait_done(None)
+                except DebtorrentError:
+                    return  # the fetch failed, said so in the log, and apt was told
                 data = offload.run(final.read_bytes)
                 self._load_index(download.mirror, index_path, data)
             except (DebtorrentError, OSError) as exc:  # apt has the verified bytes anyway
