@@ -207,15 +207,17 @@ class Proxy:
         direct. A package request that finds no index entry while a load of its mirror
         is on its way waits for it (see :meth:`_lookup`).
         """
-        pending = AsyncResult()
-        self._pending.setdefault(download.mirror, set()).add(pending)
 
         def load() -> None:
             try:
-                try:
-                    final = download.wait_done(None)
-                except DebtorrentError:
-                    return  # the fetch failed, said so in the log, and apt was told
+                final = download.wait_done(None)
+            except DebtorrentError:
+                return  # the fetch failed, said so in the log, and apt was told
+            # pending from the last byte on (apt cannot ask for a package of an index it
+            # does not have yet), so a slow index download holds no other request
+            pending = AsyncResult()
+            self._pending.setdefault(download.mirror, set()).add(pending)
+            try:
                 data = offload.run(final.read_bytes)
                 self._load_index(download.mirror, index_path, data)
             except (DebtorrentError, OSError) as exc:  # apt has the verified bytes anyway
@@ -231,8 +233,8 @@ class Proxy:
 
     def _lookup(self, target: Target) -> PackageMatch | None:
         """The index entry for a package, waiting (bounded) for index loads of its
-        mirror still on their way: right after ``apt-get update`` the entry may be in
-        an index that apt already has and the daemon is still loading."""
+        mirror still running: right after ``apt-get update`` the entry may be in an
+        index that apt already has and the daemon is still loading."""
         match = self.archive.lookup(target.mirror, target.path)
         if match is None and self._pending.get(target.mirror):
             gevent.wait(list(self._pending[target.mirror]), timeout=self.header_timeout)
