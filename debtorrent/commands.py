@@ -32,7 +32,7 @@ from debtorrent.cachetool import CacheTool, looks_like_cache, require_writable
 from debtorrent.config import Config
 from debtorrent.errors import DebtorrentError
 from debtorrent.state import State
-from debtorrent.statuspage import human_bytes
+from debtorrent.statuspage import duration, human_bytes
 
 __all__ = ["daemon_url", "run"]
 
@@ -138,7 +138,7 @@ def summary(snap: dict[str, Any], url: str) -> list[str]:
     health = snap.get("health", {})
     state = "serving" if health.get("ok", True) else f"NOT SERVING: {health.get('reason')}"
     uptime = int(snap.get("uptime", 0))
-    lines = [f"debtorrent {snap.get('version')} at {url}/: up {_duration(uptime)}, {state}"]
+    lines = [f"debtorrent {snap.get('version')} at {url}/: up {duration(uptime)}, {state}"]
     peers_b, mirror_b = totals.get("bytes_from_peers", 0), totals.get("bytes_from_mirror", 0)
     lines.append(
         f"From peers: {_percent(totals.get('peer_share'))} of package bytes since the start "
@@ -186,17 +186,6 @@ def summary(snap: dict[str, Any], url: str) -> list[str]:
     if discovery.get("hint"):
         lines.append(f"Hint: {discovery['hint']}")
     return lines
-
-
-def _duration(seconds: int) -> str:
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days} d {hours} h"
-    if hours:
-        return f"{hours} h {minutes} min"
-    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
 def _offline(config: Config, url: str, why: str, as_json: bool) -> int:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["REFRESH", "escape", "human_bytes", "render", "sources_lines"]
+__all__ = ["REFRESH", "duration", "escape", "human_bytes", "render", "sources_lines"]
 
 #: Seconds between reloads of the page.
 REFRESH = 5
@@ -118,7 +118,7 @@ def _percent(value: object) -> str:
     return f"{value * 100:.1f} %" if _is_number(value) else _text(value)  # type: ignore[operator]
 
 
-def _duration(value: object) -> str:
+def duration(value: object) -> str:
     """Seconds as ``2 d 3 h``, ``4 h 5 min``, ``6 min 7 s`` or ``8 s``."""
     if not _is_number(value):
         return _text(value)
@@ -365,7 +365,7 @@ def _downloads(snap: Mapping[str, Any]) -> str:
             f"{_td(_get(d, 'swarm') or _get(d, 'mirror'))}"
             f"<td>{_progress(_get(d, 'done'), _get(d, 'size'))}</td>"
             f"{_td(_get(d, 'source'))}"
-            f"{_td('apt waits ' + _duration(waiting) if waiting is not None else '')}"
+            f"{_td('apt waits ' + duration(waiting) if waiting is not None else '')}"
             "</tr>"
         )
     if not rows:
@@ -409,7 +409,7 @@ def _peers(snap: Mapping[str, Any]) -> str:
                 f"{_td(_flag(_get(p, 'peer_choking'), 'choked', 'unchoked'))}"
                 f"{_td(interest)}"
                 f"{_td(' '.join(f for f in flags if f))}"
-                f"{_td(_duration(_get(p, 'connected')), 'num')}"
+                f"{_td(duration(_get(p, 'connected')), 'num')}"
                 "</tr>"
             )
         headers = (
@@ -489,7 +489,7 @@ def _errors(snap: Mapping[str, Any], now: float) -> str:
     rows = []
     for err in _items(snap, "errors"):
         when = _get(err, "time")
-        ago = f" ({_duration(now - when)} ago)" if _is_number(when) else ""
+        ago = f" ({duration(now - when)} ago)" if _is_number(when) else ""
         count = _get(err, "count", 1)
         times = (
             f" (\u00d7{_count(count)}, the last shown)" if _is_number(count) and count > 1 else ""
@@ -616,7 +616,7 @@ def render(snap: Mapping[str, Any], *, host: str, now: float) -> str:
     version = _get(snap, "version")
     started = _get(snap, "started")
     subtitle = (
-        f"version {_text(version)}, up {_duration(_get(snap, 'uptime'))} "
+        f"version {_text(version)}, up {duration(_get(snap, 'uptime'))} "
         f"(since {_clock(started)}), peer port {_text(_get(snap, 'peer_port'))}, "
         f"{_plural(_get(snap, 'connections'), 'peer connection')}"
     )
