@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ for p in (str(HERE), str(CHECKOUT)):
         sys.path.insert(0, p)
 
 from _fleetlib import Group, read_access_log, start_mirror  # noqa: E402
-from common import require_tools  # noqa: E402
+from common import keep_or_remove, require_tools  # noqa: E402
 from speed import start_daemons, status  # noqa: E402
 
 from tests.fixtures.apt import AptClient  # noqa: E402
@@ -169,10 +168,7 @@ def main() -> int:
         return 1 if args.strict and not ok else 0
     finally:
         group.stop_all()
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        keep_or_remove(work, args.keep)
 
 
 if __name__ == "__main__":

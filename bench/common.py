@@ -134,6 +134,14 @@ class Processes:
             self.stop(proc)
 
 
+def keep_or_remove(work: Path, keep: bool) -> None:
+    """A benchmark's work directory at its end: kept and named (``--keep``), or removed."""
+    if keep:
+        print(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _exit_on_signal(signum, _frame) -> None:
     raise SystemExit(128 + signum)
 

@@ -68,6 +68,7 @@ from _fleetlib import (
     read_access_log,
     wait_port,
 )
+from common import keep_or_remove
 
 from tests.fixtures.apt import AptClient, AptResult
 from tests.fixtures.repo import PackageSpec, Repo, build_repo
@@ -585,10 +586,7 @@ def main() -> int:
         return 1 if args.strict and not ok else 0
     finally:
         group.stop_all()
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        keep_or_remove(work, args.keep)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import math
 import os
 import random
 import resource
-import shutil
 import signal
 import socket
 import statistics
@@ -47,6 +46,8 @@ import time
 import urllib.request
 from email.utils import formatdate
 from pathlib import Path
+
+from common import keep_or_remove
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 if str(CHECKOUT) not in sys.path:
@@ -531,10 +532,7 @@ def main() -> int:
     try:
         return _bench(work, args)
     finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        keep_or_remove(work, args.keep)
 
 
 def child_generate(cache: Path) -> None:

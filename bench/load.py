@@ -40,6 +40,8 @@ import threading
 import time
 from pathlib import Path
 
+from common import keep_or_remove
+
 CHECKOUT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKOUT))
 
@@ -420,10 +422,7 @@ def main() -> int:
             daemon.stop()
         if mirror is not None:
             mirror.stop()
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        keep_or_remove(work, args.keep)
 
 
 if __name__ == "__main__":

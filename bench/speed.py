@@ -34,7 +34,6 @@ import hashlib
 import json
 import lzma
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -52,7 +51,7 @@ for p in (str(HERE), str(CHECKOUT)):
         sys.path.insert(0, p)
 
 from _fleetlib import DelayRelay, Group, free_port, read_access_log, start_mirror  # noqa: E402
-from common import require_tools  # noqa: E402
+from common import keep_or_remove, require_tools  # noqa: E402
 from index import generate_packages  # noqa: E402
 
 from tests.fixtures.apt import AptClient  # noqa: E402
@@ -470,10 +469,7 @@ def main() -> int:
         return 1 if args.strict and not ok else 0
     finally:
         group.stop_all()
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        keep_or_remove(work, args.keep)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _fleetlib import CHECKOUT, Group, Proc, cpu_seconds
+from common import keep_or_remove
 
 MiB = 1024 * 1024
 PIECE = 256 * 1024
@@ -240,10 +241,7 @@ def main() -> int:
         return run(work, group, args)
     finally:
         group.stop_all()
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        keep_or_remove(work, args.keep)
 
 
 def run(work: Path, group: Group, args: argparse.Namespace) -> int:
