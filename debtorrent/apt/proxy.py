@@ -191,7 +191,7 @@ class Proxy:
             return self._fresh(target)
         cached = self.cache.get(target.mirror, target.path)
         if cached is not None and _matches(cached, expected):
-            self._load_index(target.mirror, index_path, offload.run(cached.read_bytes))
+            self._load_index(target.mirror, index_path, cached)
             return Cached(cached)
         download = self.fetcher.fetch(target.mirror, target.path, target.url, expected=expected)
         download.wait_headers(self.header_timeout)
@@ -218,8 +218,7 @@ class Proxy:
             pending = AsyncResult()
             self._pending.setdefault(download.mirror, set()).add(pending)
             try:
-                data = offload.run(final.read_bytes)
-                self._load_index(download.mirror, index_path, data)
+                self._load_index(download.mirror, index_path, final)
             except (DebtorrentError, OSError) as exc:  # apt has the verified bytes anyway
                 log.warning("%s/%s: not loaded, no swarm: %s", download.mirror, index_path, exc)
             finally:
@@ -298,8 +297,9 @@ class Proxy:
         listed = self.archive.expected(mirror, index_path) if index_path else None
         return Expected(listed.size, listed.sha256) if listed else None
 
-    def _load_index(self, mirror: str, index_path: str, data: bytes) -> None:
-        """Decompress and load an index (off the hub), once however many ask at once."""
+    def _load_index(self, mirror: str, index_path: str, copy: Path) -> None:
+        """Read, decompress and load an index from its cached ``copy`` (off the hub),
+        once however many ask at once; read only if it is not loaded yet."""
         plain = index_path[: len(index_path) - len(compression_of(index_path))]
         current = self.archive.loaded.get((mirror, plain))
         listed = self.archive.expected(mirror, plain)
@@ -319,6 +319,7 @@ class Proxy:
             return
         running = self._loading[key] = AsyncResult()
         try:
+            data = offload.run(copy.read_bytes)
             self.archive.add_compressed(mirror, index_path, data, listed.size if listed else None)
         except BaseException as exc:
             running.set_exception(exc)
